@@ -1,0 +1,173 @@
+"""The `llmcluster` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cluster import ray_session
+from serve_app.config import ClusterConfig, ConfigError, load_config
+
+app = typer.Typer(help="An OpenAI-compatible LLM serving cluster on Ray.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_CONFIG = Path("configs/local.yaml")
+ConfigArg = Annotated[Path, typer.Argument(help="Cluster config (YAML).")]
+AddressOption = Annotated[Optional[str], typer.Option(
+    "--address", help="Ray cluster to use (default: RAY_ADDRESS, else the one `llmcluster serve` started).")]
+# How often the foreground `serve` checks that its application still exists.
+WATCH_INTERVAL_S = 2.0
+
+
+def _load(path: Path) -> ClusterConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def validate(config: ConfigArg = DEFAULT_CONFIG) -> None:
+    """Check a config and exit non-zero, naming the field, when it is invalid."""
+    cluster = _load(config)
+    console.print(f"{config}: ok ({len(cluster.models)} model(s): "
+                  f"{', '.join(m.name for m in cluster.models)})")
+
+
+@app.command()
+def serve(
+    config: ConfigArg = DEFAULT_CONFIG,
+    address: AddressOption = None,
+    port: Annotated[Optional[int], typer.Option(help="Override router.port.")] = None,
+    detach: Annotated[bool, typer.Option(help="Deploy and return instead of staying in the foreground.")] = False,
+) -> None:
+    """Deploy CONFIG on a local Ray cluster (or the one at --address) and serve until Ctrl-C."""
+    from cluster.deploy import base_url, deploy, remove
+    from serve_app.model_source import resolve_source
+
+    cluster = _load(config)
+    if port is not None:
+        cluster = cluster.model_copy(update={"router": cluster.router.model_copy(update={"port": port})})
+    address = address or os.environ.get("RAY_ADDRESS")
+    if detach and not address:
+        err_console.print("[red]error:[/red] --detach needs a running Ray cluster (--address or RAY_ADDRESS)")
+        raise typer.Exit(2)
+    stop = _stop_on_signals()
+    joined = bool(address)
+    if joined:
+        ray_session.join_ray(address)
+    else:
+        for model in cluster.models:  # convert builtin models up front: a failure shows here, not in a replica
+            resolve_source(model.source)
+        address = ray_session.start_local_ray()
+    url = base_url(cluster)
+    try:
+        console.print(f"deploying {cluster.cluster.name} ...")
+        started = time.monotonic()
+        deploy(cluster)
+        _print_ready(cluster, url, time.monotonic() - started)
+        if detach:
+            return
+        ray_session.record_local_cluster(ray_session.LocalCluster(
+            address, cluster.cluster.name, url, os.getpid(), os.environ.get("RAY_AUTH_MODE")))
+        _wait_until_stopped(stop, cluster.cluster.name)
+    finally:
+        if not detach:
+            console.print("shutting down ...")
+            remove(cluster.cluster.name)
+            ray_session.forget_local_cluster()
+            ray_session.stop(started_here=not joined)
+
+
+def _print_ready(cluster: ClusterConfig, url: str, seconds: float) -> None:
+    console.print(f"[green]ready[/green] in {seconds:.0f}s: OpenAI endpoint {url}")
+    for model in cluster.models:
+        aliases = f" (aliases: {', '.join(model.aliases)})" if model.aliases else ""
+        console.print(f"  model {model.name}{aliases}")
+    console.print("Ctrl-C to stop.")
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def _wait_until_stopped(stop: threading.Event, app_name: str) -> None:
+    from ray import serve
+
+    while not stop.wait(WATCH_INTERVAL_S):
+        if app_name not in serve.status().applications:
+            console.print(f"application {app_name} was removed")
+            return
+
+
+def _connect(address: Optional[str]) -> None:
+    if not ray_session.connect(address):
+        err_console.print("[red]error:[/red] no running cluster found; start one with `llmcluster serve` "
+                          "or pass --address")
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(address: AddressOption = None,
+           as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False) -> None:
+    """Show the served models, their replicas and their state."""
+    from cluster.deploy import application_status
+
+    _connect(address)
+    apps = application_status()
+    if as_json:
+        print(json.dumps([asdict(a) for a in apps], indent=2))
+        return
+    if not apps:
+        console.print("no application is deployed")
+    for one in apps:
+        table = Table(title=f"{one.name}: {one.status}")
+        for column in ("deployment", "status", "replicas", "in-flight requests", "message"):
+            table.add_column(column)
+        for dep in one.deployments:
+            replicas = ", ".join(f"{state.lower()} {count}" for state, count in dep.replicas.items()) or "none"
+            inflight = str(sum(e["unfinished_requests"] for e in dep.engine)) if dep.engine else "-"
+            table.add_row(dep.name, dep.status, replicas, inflight, dep.message)
+        console.print(table)
+
+
+@app.command()
+def shutdown(address: AddressOption = None,
+             name: Annotated[Optional[str], typer.Option(help="Application to remove (default: all).")] = None
+             ) -> None:
+    """Remove the deployed application (a foreground `llmcluster serve` then exits)."""
+    from ray import serve
+
+    from cluster.deploy import remove
+
+    _connect(address)
+    names = [name] if name else list(serve.status().applications)
+    removed = [n for n in names if remove(n)]
+    console.print(f"removed {', '.join(removed)}" if removed else "nothing to remove")
+
+
+if __name__ == "__main__":
+    app()

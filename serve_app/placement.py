@@ -1,0 +1,75 @@
+"""Where a model replica runs: Ray resources, placement-group bundles and vLLM's executor, as plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from serve_app.config import ModelConfig
+
+# Ray's convention for accelerator resources; a node reports `accelerator_type:H100: 1`.
+ACCELERATOR_RESOURCE = "accelerator_type:{}"
+NODE_POOL_RESOURCE = "node_pool:{}"
+# A marker amount: asks for "a node carrying this label" without consuming its capacity.
+LABEL_AMOUNT = 0.001
+# The replica actor itself only awaits the engine; the engine's work is accounted to the workers.
+REPLICA_ACTOR_CPUS = 1.0
+
+
+@dataclass(frozen=True)
+class ReplicaPlacement:
+    """Serve deployment options that place one replica of a model."""
+
+    ray_actor_options: dict[str, Any]
+    placement_group_bundles: list[dict[str, float]] | None = None
+    placement_group_strategy: str | None = None
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+    def deployment_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"ray_actor_options": self.ray_actor_options}
+        if self.placement_group_bundles is not None:
+            options["placement_group_bundles"] = self.placement_group_bundles
+            options["placement_group_strategy"] = self.placement_group_strategy
+        return options
+
+
+def executor_backend(model: ModelConfig) -> str | None:
+    """vLLM's distributed executor: none for one worker, processes on CPU, Ray actors on GPU."""
+    if model.parallelism.world_size == 1:
+        return None
+    return "ray" if model.resources.device == "gpu" else "mp"
+
+
+def label_resources(model: ModelConfig) -> dict[str, float]:
+    labels = {}
+    if model.resources.accelerator:
+        labels[ACCELERATOR_RESOURCE.format(model.resources.accelerator)] = LABEL_AMOUNT
+    if model.resources.node_pool:
+        labels[NODE_POOL_RESOURCE.format(model.resources.node_pool)] = LABEL_AMOUNT
+    return labels
+
+
+def replica_placement(model: ModelConfig) -> ReplicaPlacement:
+    if model.resources.device == "gpu":
+        return _gpu_placement(model)
+    return _cpu_placement(model)
+
+
+def _cpu_placement(model: ModelConfig) -> ReplicaPlacement:
+    # vLLM's multiprocessing executor runs every rank as a child process of the replica, so the replica
+    # reserves the cores of all its ranks; each rank is bound to one of them when the engine starts.
+    cpus = model.parallelism.world_size * model.resources.cpus_per_worker
+    return ReplicaPlacement(ray_actor_options={"num_cpus": cpus, "resources": label_resources(model)})
+
+
+def _gpu_placement(model: ModelConfig) -> ReplicaPlacement:
+    # One bundle per worker; the replica actor shares the first. vLLM's Ray executor finds the placement
+    # group of the replica and starts one worker in each GPU bundle, so the group decides the nodes.
+    worker_bundle = {"GPU": 1.0, "CPU": model.resources.cpus_per_worker, **label_resources(model)}
+    bundles = [dict(worker_bundle) for _ in range(model.parallelism.world_size)]
+    bundles[0]["CPU"] += REPLICA_ACTOR_CPUS
+    return ReplicaPlacement(
+        ray_actor_options={"num_cpus": REPLICA_ACTOR_CPUS, "num_gpus": 0},
+        placement_group_bundles=bundles,
+        placement_group_strategy=model.resources.placement_strategy,
+    )

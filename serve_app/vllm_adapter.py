@@ -1,0 +1,157 @@
+"""Everything llmcluster takes from vLLM's internals: a vLLM upgrade touches this module only."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from serve_app.errors import openai_error
+
+logger = logging.getLogger(__name__)
+
+VLLM_VERSION = "0.32.0"
+
+
+# The engine arguments of the pinned vLLM, kept beside this module so a config is checked without
+# importing vLLM (seconds) or even having it installed; a test compares the list with vLLM itself.
+ENGINE_ARGS_FILE = Path(__file__).with_name("vllm_engine_args.txt")
+
+
+@cache
+def vllm_engine_arg_names() -> frozenset[str]:
+    """The keyword arguments the pinned vLLM's AsyncEngineArgs accepts."""
+    return frozenset(ENGINE_ARGS_FILE.read_text().split())
+
+
+def installed_engine_arg_names() -> frozenset[str]:
+    """The same, read from the installed vLLM."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return frozenset(f.name for f in dataclasses.fields(AsyncEngineArgs))
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What one engine replica runs: resolved weights, the names it answers to, and vLLM arguments."""
+
+    model_path: str
+    served_names: tuple[str, ...]
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    distributed_backend: str | None = None  # "mp" on CPU, "ray" inside a GPU placement group
+
+
+@dataclass
+class EngineReply:
+    """An answer from the OpenAI layer: a JSON body with its status, or a stream of SSE lines."""
+
+    status: int
+    body: dict[str, Any] | None = None
+    stream: AsyncIterator[str] | None = None
+
+
+class VLLMEngine:
+    """vLLM's AsyncLLM with its own OpenAI serving layer in front (chat, completions, models)."""
+
+    def __init__(self, client: Any, state: Any) -> None:
+        self._client = client
+        self._chat = state.openai_serving_chat
+        self._completion = state.openai_serving_completion
+        self._models = state.openai_serving_models
+
+    @classmethod
+    async def start(cls, spec: EngineSpec, placement_group: Any = None) -> VLLMEngine:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.cli_args import FrontendArgs
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.executor.abstract import Executor
+        from starlette.datastructures import State
+
+        kwargs = {
+            **spec.engine_args,
+            "model": spec.model_path,
+            "served_model_name": list(spec.served_names),
+            "tensor_parallel_size": spec.tensor_parallel,
+            "pipeline_parallel_size": spec.pipeline_parallel,
+        }
+        if spec.distributed_backend:
+            kwargs["distributed_executor_backend"] = spec.distributed_backend
+        engine_args = AsyncEngineArgs(**kwargs)
+        vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        if placement_group is not None:
+            vllm_config.parallel_config.placement_group = placement_group
+        client = AsyncLLM(
+            vllm_config=vllm_config,
+            executor_class=Executor.get_class(vllm_config),
+            log_requests=False,
+            log_stats=not engine_args.disable_log_stats,
+        )
+        state = State()
+        args = argparse.Namespace(**(vars(FrontendArgs()) | vars(engine_args)))
+        await init_app_state(client, state, args, supported_tasks=await client.get_supported_tasks())
+        return cls(client, state)
+
+    @property
+    def max_model_len(self) -> int:
+        return self._client.model_config.max_model_len
+
+    async def chat(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        return await self._serve(ChatCompletionRequest, self._chat.create_chat_completion, body, request_id)
+
+    async def completions(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+        return await self._serve(CompletionRequest, self._completion.create_completion, body, request_id)
+
+    async def _serve(self, request_type: type, create: Any, body: dict[str, Any], request_id: str) -> EngineReply:
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+        try:
+            request = request_type.model_validate(body)
+            request.request_id = request_id
+            result = await create(request, raw_request=None)
+        except ValidationError as exc:
+            return EngineReply(400, openai_error(400, _validation_message(exc), param=_validation_param(exc)))
+        except Exception as exc:  # vLLM raises for bad input as well as engine faults; its mapping tells which
+            result = create_error_response(exc)
+        if isinstance(result, ErrorResponse):
+            return EngineReply(result.error.code, result.model_dump())
+        if isinstance(result, AsyncIterator):
+            return EngineReply(200, stream=result)
+        return EngineReply(200, result.model_dump(mode="json"))
+
+    async def check_health(self) -> None:
+        await self._client.check_health()
+
+    def unfinished_requests(self) -> int:
+        return self._client.get_num_unfinished_requests()
+
+    def shutdown(self) -> None:
+        self._client.shutdown()
+
+
+def _validation_message(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        problems.append(f"{where}: {error['msg']}")
+    return "invalid request: " + "; ".join(problems)
+
+
+def _validation_param(exc: ValidationError) -> str | None:
+    errors = exc.errors()
+    return ".".join(str(part) for part in errors[0]["loc"]) if errors else None
