@@ -16,7 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cluster import plan_command
 from cluster import ray_session
+from cluster import render_command
 from serve_app.config import ClusterConfig, ConfigError, load_config
 
 app = typer.Typer(help="An OpenAI-compatible LLM serving cluster on Ray.", no_args_is_help=True,
@@ -62,24 +64,23 @@ def serve(
     detach: Annotated[bool, typer.Option(help="Deploy and return instead of staying in the foreground.")] = False,
 ) -> None:
     """Deploy CONFIG on a local Ray cluster (or the one at --address) and serve until Ctrl-C."""
+    cluster = _load(config)
     from cluster.deploy import base_url, deploy, remove
     from serve_app.model_source import resolve_source
 
-    cluster = _load(config)
     if port is not None:
         cluster = cluster.model_copy(update={"router": cluster.router.model_copy(update={"port": port})})
     address = address or os.environ.get("RAY_ADDRESS")
     if detach and not address:
         err_console.print("[red]error:[/red] --detach needs a running Ray cluster (--address or RAY_ADDRESS)")
         raise typer.Exit(2)
-    stop = _stop_on_signals()
-    joined = bool(address)
-    if joined:
+    if address:
         ray_session.join_ray(address)
     else:
         for model in cluster.models:  # convert builtin models up front: a failure shows here, not in a replica
             resolve_source(model.source)
         address = ray_session.start_local_ray()
+    stop = _stop_on_signals()  # after ray.init, which installs a SIGTERM handler of its own that exits at once
     url = base_url(cluster)
     try:
         console.print(f"deploying {cluster.cluster.name} ...")
@@ -96,7 +97,7 @@ def serve(
             console.print("shutting down ...")
             remove(cluster.cluster.name)
             ray_session.forget_local_cluster()
-            ray_session.stop(started_here=not joined)
+            ray_session.leave()
 
 
 def _print_ready(cluster: ClusterConfig, url: str, seconds: float) -> None:
@@ -124,6 +125,7 @@ def _wait_until_stopped(stop: threading.Event, app_name: str) -> None:
 
 
 def _connect(address: Optional[str]) -> None:
+    # Ray reads its auth settings once, when first imported: connect before anything imports ray.
     if not ray_session.connect(address):
         err_console.print("[red]error:[/red] no running cluster found; start one with `llmcluster serve` "
                           "or pass --address")
@@ -134,9 +136,9 @@ def _connect(address: Optional[str]) -> None:
 def status(address: AddressOption = None,
            as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False) -> None:
     """Show the served models, their replicas and their state."""
+    _connect(address)
     from cluster.deploy import application_status
 
-    _connect(address)
     apps = application_status()
     if as_json:
         print(json.dumps([asdict(a) for a in apps], indent=2))
@@ -159,14 +161,20 @@ def shutdown(address: AddressOption = None,
              name: Annotated[Optional[str], typer.Option(help="Application to remove (default: all).")] = None
              ) -> None:
     """Remove the deployed application (a foreground `llmcluster serve` then exits)."""
+    _connect(address)
     from ray import serve
 
     from cluster.deploy import remove
 
-    _connect(address)
     names = [name] if name else list(serve.status().applications)
     removed = [n for n in names if remove(n)]
     console.print(f"removed {', '.join(removed)}" if removed else "nothing to remove")
+
+
+app.command(name="plan")(plan_command.plan)
+
+
+app.add_typer(render_command.render_app, name="render")
 
 
 if __name__ == "__main__":

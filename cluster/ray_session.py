@@ -62,10 +62,10 @@ def start_local_ray() -> str:
 
 
 def join_ray(address: str, auth_mode: str | None = None) -> None:
+    if auth_mode and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = auth_mode  # read once, when ray is first imported
     import ray
 
-    if auth_mode and "RAY_AUTH_MODE" not in os.environ:
-        os.environ["RAY_AUTH_MODE"] = auth_mode
     ray.init(address=address, configure_logging=False, log_to_driver=False)
 
 
@@ -84,11 +84,8 @@ def connect(explicit: str | None) -> bool:
     return True
 
 
-def stop(started_here: bool) -> None:
-    """Leave the cluster; one started by this process is taken down with Serve's proxies and replicas."""
+def leave() -> None:
+    """Disconnect; a cluster this process started goes down with it, Serve's actors included."""
     import ray
-    from ray import serve
 
-    if started_here:
-        serve.shutdown()
     ray.shutdown()

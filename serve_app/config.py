@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serve_app.kubernetes_config import KubernetesConfig
 from serve_app.vllm_adapter import VLLM_VERSION, vllm_engine_arg_names
 
 
@@ -121,6 +122,9 @@ class ClusterConfig(_Section):
     cluster: ClusterSettings = Field(default_factory=ClusterSettings, description="Cluster identity.")
     router: RouterConfig = Field(default_factory=RouterConfig, description="The OpenAI-compatible router.")
     models: tuple[ModelConfig, ...] = Field(description="Models served by the cluster.", min_length=1)
+    kubernetes: KubernetesConfig = Field(
+        default_factory=KubernetesConfig,
+        description="How `llmcluster render k8s` places the cluster on Kubernetes (KubeRay); unused elsewhere.")
 
     @model_validator(mode="after")
     def _names_unique(self) -> ClusterConfig:

@@ -78,16 +78,7 @@ class VLLMEngine:
         from vllm.v1.executor.abstract import Executor
         from starlette.datastructures import State
 
-        kwargs = {
-            **spec.engine_args,
-            "model": spec.model_path,
-            "served_model_name": list(spec.served_names),
-            "tensor_parallel_size": spec.tensor_parallel,
-            "pipeline_parallel_size": spec.pipeline_parallel,
-        }
-        if spec.distributed_backend:
-            kwargs["distributed_executor_backend"] = spec.distributed_backend
-        engine_args = AsyncEngineArgs(**kwargs)
+        engine_args = AsyncEngineArgs(**_engine_kwargs(spec))
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
         if placement_group is not None:
             vllm_config.parallel_config.placement_group = placement_group
@@ -105,6 +96,11 @@ class VLLMEngine:
     @property
     def max_model_len(self) -> int:
         return self._client.model_config.max_model_len
+
+    @property
+    def max_num_seqs(self) -> int:
+        """Sequences the scheduler runs at once: a client keeps more in flight than this to keep it busy."""
+        return self._client.vllm_config.scheduler_config.max_num_seqs
 
     async def chat(self, body: dict[str, Any], request_id: str) -> EngineReply:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -142,6 +138,35 @@ class VLLMEngine:
 
     def shutdown(self) -> None:
         self._client.shutdown()
+
+
+class OfflineEngine:
+    """vLLM's offline `LLM` built from the same spec: the yardstick the batch benchmark measures against."""
+
+    def __init__(self, spec: EngineSpec) -> None:
+        from vllm import LLM
+
+        self._llm = LLM(**_engine_kwargs(spec))
+
+    def generate(self, prompts: list[str], sampling: dict[str, Any]) -> list[int]:
+        """Runs all prompts at once; the number of output tokens of each."""
+        from vllm import SamplingParams
+
+        outputs = self._llm.generate(prompts, SamplingParams(**sampling), use_tqdm=False)
+        return [sum(len(choice.token_ids) for choice in output.outputs) for output in outputs]
+
+
+def _engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
+    kwargs = {
+        **spec.engine_args,
+        "model": spec.model_path,
+        "served_model_name": list(spec.served_names),
+        "tensor_parallel_size": spec.tensor_parallel,
+        "pipeline_parallel_size": spec.pipeline_parallel,
+    }
+    if spec.distributed_backend:
+        kwargs["distributed_executor_backend"] = spec.distributed_backend
+    return kwargs
 
 
 def _validation_message(exc: ValidationError) -> str:

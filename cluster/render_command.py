@@ -1,0 +1,40 @@
+"""`llmcluster render k8s`: writes the KubeRay manifests of a config into a directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from serve_app.config import ConfigError, load_config
+
+render_app = typer.Typer(help="Render a config into deployable manifests.", no_args_is_help=True)
+err_console = Console(stderr=True)
+
+
+def default_out_dir(config_path: Path) -> Path:
+    return Path("k8s") / config_path.stem
+
+
+@render_app.command("k8s")
+def k8s(
+    config: Annotated[Path, typer.Argument(help="Cluster config (YAML).")],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Directory for the manifests (default: k8s/<config file stem>/).")] = None,
+) -> None:
+    """Render CONFIG as a RayService, a batch RayJob, a Service, a PodMonitor and a kustomization.yaml."""
+    from cluster.cloud_presets import PresetError
+    from cluster.k8s_render import render_files, write_files
+    from cluster.node_pools import PoolError
+
+    try:
+        files = render_files(load_config(config), source=config.name)
+    except (ConfigError, PoolError, PresetError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    out_dir = out or default_out_dir(config)
+    write_files(files, out_dir)
+    typer.echo(f"wrote {len(files)} files to {out_dir}/: {', '.join(files)}")
+    typer.echo(f"apply with: kubectl apply -k {out_dir}")

@@ -1,0 +1,97 @@
+"""Starts the real stack (`llmcluster serve`: Ray Serve, router, vLLM on CPU) once for the e2e tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+CLI = str(Path(sys.executable).parent / "llmcluster")
+# Cold start on 2 cores: Ray (~10 s), a first-time GGUF conversion (~40 s), the engine (~40 s).
+START_TIMEOUT_S = 420
+STOP_TIMEOUT_S = 90
+
+
+@dataclass(frozen=True)
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(config: Path, log: Path, extra_env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    env = {**os.environ, **(extra_env or {})}
+    env.pop("RAY_ADDRESS", None)
+    with log.open("wb") as out:
+        process = subprocess.Popen([CLI, "serve", str(config), "--port", str(port)], cwd=REPO_ROOT,
+                                   stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = Server(process, port, log)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"llmcluster serve exited with {process.returncode}:\n{server.log_tail()}")
+        if "ready in" in log.read_text(errors="replace"):
+            return server
+        time.sleep(2)
+    stop_server(server)
+    raise RuntimeError(f"llmcluster serve not ready after {START_TIMEOUT_S}s:\n{server.log_tail()}")
+
+
+def stop_server(server: Server) -> int:
+    """SIGTERM, as a service manager sends it; returns the exit code."""
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+    try:
+        return server.process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        raise
+
+
+def cli_status() -> list[dict]:
+    result = subprocess.run([CLI, "status", "--json"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    started = time.monotonic()
+    running = start_server(REPO_ROOT / "configs" / "local.yaml", log)
+    print(f"\nllmcluster serve ready in {time.monotonic() - started:.0f}s on port {running.port}")
+    yield running
+    assert stop_server(running) == 0, running.log_tail()
+
+
+@pytest.fixture(scope="session")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, timeout=120) as client:
+        yield client
