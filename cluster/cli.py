@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster import plan_command
+from cluster import batch_command
 from cluster import ray_session
 from cluster import render_command
 from serve_app.config import ClusterConfig, ConfigError, load_config
@@ -175,6 +176,7 @@ app.command(name="plan")(plan_command.plan)
 
 
 app.add_typer(render_command.render_app, name="render")
+app.command(name="batch")(batch_command.batch)
 
 
 if __name__ == "__main__":

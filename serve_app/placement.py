@@ -73,3 +73,17 @@ def _gpu_placement(model: ModelConfig) -> ReplicaPlacement:
         placement_group_bundles=bundles,
         placement_group_strategy=model.resources.placement_strategy,
     )
+
+
+def cpu_thread_binding(world_size: int, cpus_per_worker: float, allowed_cores: list[int]) -> str:
+    """vLLM's VLLM_CPU_OMP_THREADS_BIND for a CPU replica: one disjoint run of cores per rank.
+
+    The cores come from the replica process's own affinity and the CPU share Ray granted, never from fixed
+    ids, so the same config binds correctly on any machine."""
+    per_rank = max(1, int(cpus_per_worker))
+    needed = world_size * per_rank
+    if len(allowed_cores) < needed:
+        raise ValueError(f"{world_size} CPU ranks x {per_rank} core(s) need {needed} cores; "
+                         f"this process may use {len(allowed_cores)}: lower parallelism or cpus_per_worker")
+    chunks = [allowed_cores[rank * per_rank:(rank + 1) * per_rank] for rank in range(world_size)]
+    return "|".join(",".join(str(core) for core in chunk) for chunk in chunks)

@@ -16,9 +16,9 @@ from tests.conftest import SHARED_DIR, TESTS_DIR
 KUBERAY_CRDS = SHARED_DIR / "kuberay" / "crds"
 VENDORED = TESTS_DIR / "schemas"
 KUSTOMIZATION_SCHEMA = VENDORED / "kustomization.schema.yaml"
-# The Kubernetes release whose core schemas kubernetes-validate checks against: its newest, pinned so a
-# package upgrade cannot change what passes without a change here.
-KUBERNETES_VERSION = "1.37.0"
+# The oldest Kubernetes the manifests target: a field added after it is rejected. Pinned, so a
+# kubernetes-validate upgrade cannot change what passes without a change here.
+KUBERNETES_VERSION = "1.33.0"
 INT32 = {"minimum": -(2**31), "maximum": 2**31 - 1}
 MESSAGE_LIMIT = 300
 
@@ -51,10 +51,10 @@ def crd_to_json_schema(node: Any) -> Any:
     if node.get("x-kubernetes-int-or-string"):
         schema.pop("type", None)
         schema.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
-    if node.get("nullable") and "type" in schema:
-        schema["type"] = [schema["type"], "null"]
     if schema.get("format") == "int32" and schema.get("type") == "integer":
         schema = {**INT32, **schema}
+    if node.get("nullable") and "type" in schema:
+        schema["type"] = [schema["type"], "null"]
     preserves = node.get("x-kubernetes-preserve-unknown-fields")
     if "properties" in node and not preserves and "additionalProperties" not in node:
         schema["additionalProperties"] = False

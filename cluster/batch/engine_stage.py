@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import threading
+import time
 import uuid
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -24,7 +26,7 @@ logger = logging.getLogger(__name__)
 # Without --max-in-flight a replica keeps this many times the engine's batch of sequences in flight, so the
 # scheduler always finds the next requests waiting when sequences finish.
 IN_FLIGHT_PER_SEQUENCE = 2
-ANSWER_COLUMNS = ("output", "prompt_tokens", "completion_tokens", "failed")
+ANSWER_COLUMNS = ("output", "prompt_tokens", "completion_tokens", "failed", "started_at")
 
 
 class EngineStage:
@@ -62,10 +64,12 @@ class EngineStage:
 
     async def _answer(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["output"]:  # a line that was no request: its error row is ready
-            return {"output": row["output"], "prompt_tokens": 0, "completion_tokens": 0, "failed": True}
+            return {"output": row["output"], "prompt_tokens": 0, "completion_tokens": 0, "failed": True,
+                    "started_at": math.nan}
         request_id = f"req_{uuid.uuid4().hex}"
         call = self._engine.chat if row["endpoint"] == "chat" else self._engine.completions
         async with self._slots:
+            started_at = time.time()  # wall clock: the driver compares it with its own, maybe on another node
             reply = await call(json.loads(row["body"]), request_id)
         if reply.status >= 500:
             # A dead engine raises here, failing the job instead of writing an error for every row left;
@@ -75,7 +79,7 @@ class EngineStage:
         return {"output": encode(answer_row(row["id"], row["custom_id"], request_id, reply.status, reply.body)),
                 "prompt_tokens": usage.get("prompt_tokens") or 0,
                 "completion_tokens": usage.get("completion_tokens") or 0,
-                "failed": reply.status != 200}
+                "failed": reply.status != 200, "started_at": started_at}
 
     def __del__(self) -> None:
         engine = getattr(self, "_engine", None)

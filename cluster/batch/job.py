@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+import numpy as np
+
 from cluster import ray_session
 from cluster.batch.output import OutputWriter
 from cluster.batch.pipeline import build_dataset
@@ -85,8 +87,7 @@ def _run(plan: BatchPlan, model: ModelConfig, input_path: Path, output_path: Pat
                 for block in blocks:
                     with stop.deferred():
                         writer.write(block["output"].tolist())
-                    tally.add(len(block["output"]), int(block["failed"].sum()), int(block["prompt_tokens"].sum()),
-                              int(block["completion_tokens"].sum()))
+                    tally.add(*_block_counts(block))
                     view.update(tally)
             except _Interrupted:
                 logger.info("batch: stopping on a signal; the answers so far are saved")
@@ -95,6 +96,13 @@ def _run(plan: BatchPlan, model: ModelConfig, input_path: Path, output_path: Pat
             return stop.signalled
     finally:
         ray.shutdown()
+
+
+def _block_counts(block: dict[str, np.ndarray]) -> tuple[int, int, int, int, float | None]:
+    started = block["started_at"]
+    first_started = float(np.nanmin(started)) if not np.isnan(started).all() else None
+    return (len(block["output"]), int(block["failed"].sum()), int(block["prompt_tokens"].sum()),
+            int(block["completion_tokens"].sum()), first_started)
 
 
 class _Interrupted(Exception):

@@ -15,8 +15,8 @@ LOG_EVERY_S = 10.0
 
 @dataclass(frozen=True)
 class BatchSummary:
-    """What a batch run did. `throughput` is output tokens/s from the first answers to the last, so the
-    engines' start-up is not counted in it; `wall_s` is the whole run."""
+    """What a batch run did. `throughput` is output tokens/s from the engines' first request to the last
+    answer, so their start-up is not counted in it; `wall_s` is the whole run."""
 
     total: int  # requests in the input
     resumed: int  # answered by earlier runs and skipped
@@ -48,48 +48,47 @@ class BatchSummary:
 
 
 class Tally:
-    """Running counts of one run."""
+    """Running counts of one run. Rates count from the moment the engines took their first request (each
+    answer carries when its request started), so they leave the engines' start-up out."""
 
-    def __init__(self, total: int, resumed: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, total: int, resumed: int, clock: Callable[[], float] = time.time) -> None:
         self.total, self.resumed = total, resumed
         self.answered = self.failed = self.prompt_tokens = self.output_tokens = 0
         self._clock = clock
         self._started = clock()
-        self._first: tuple[float, int, int] | None = None  # (time, answered, output tokens) at the first answers
+        self._engines_busy_since: float | None = None
         self._last = self._started
 
-    def add(self, answered: int, failed: int, prompt_tokens: int, output_tokens: int) -> None:
+    def add(self, answered: int, failed: int, prompt_tokens: int, output_tokens: int,
+            first_started: float | None = None) -> None:
+        """Counts a block of answers; `first_started` is when the earliest of their requests started."""
         self.answered += answered
         self.failed += failed
         self.prompt_tokens += prompt_tokens
         self.output_tokens += output_tokens
         self._last = self._clock()
-        if self._first is None:
-            self._first = (self._last, self.answered, self.output_tokens)
+        if first_started is not None:
+            since = self._engines_busy_since
+            self._engines_busy_since = first_started if since is None else min(since, first_started)
 
     @property
     def done(self) -> int:
         return self.resumed + self.answered
 
-    def _since_first(self) -> tuple[float, int, int]:
-        """Seconds, answers and output tokens after the first answers: the steady rate, start-up left out."""
-        if self._first is None:
-            return 0.0, 0, 0
-        at, answered, tokens = self._first
-        return self._last - at, self.answered - answered, self.output_tokens - tokens
+    def _busy_s(self) -> float:
+        since = self._engines_busy_since if self._engines_busy_since is not None else self._started
+        return max(self._last - since, 0.0)
 
     def throughput(self) -> float:
-        seconds, _, tokens = self._since_first()
-        if seconds > 0:
-            return tokens / seconds
-        elapsed = self._last - self._started
-        return self.output_tokens / elapsed if elapsed > 0 else 0.0
+        """Output tokens per second."""
+        seconds = self._busy_s()
+        return self.output_tokens / seconds if seconds > 0 else 0.0
 
     def eta_s(self) -> float | None:
-        seconds, answered, _ = self._since_first()
-        if seconds <= 0 or answered <= 0:
+        seconds = self._busy_s()
+        if seconds <= 0 or self.answered <= 0:
             return None
-        return (self.total - self.done) / (answered / seconds)
+        return (self.total - self.done) * seconds / self.answered
 
     def summary(self, interrupted: bool = False) -> BatchSummary:
         return BatchSummary(self.total, self.resumed, self.answered, self.failed, self.prompt_tokens,

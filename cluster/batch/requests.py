@@ -35,7 +35,7 @@ class Request:
 def parse_line(raw: bytes | str, line: int, model: str) -> Request:
     """The request on input line `line` (1-based), its body addressed to `model`."""
     try:
-        data = json.loads(raw)
+        data = _load(raw)
     except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
         reason = f"{exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
         return _invalid(line, ASSIGNED_ID.format(line), "invalid_json", f"line {line} is not valid JSON: {reason}")
@@ -50,10 +50,15 @@ def parse_line(raw: bytes | str, line: int, model: str) -> Request:
 def custom_id_of(raw: bytes | str, line: int) -> str:
     """The id the line is answered under: its custom_id, else one assigned from the line number."""
     try:
-        data = json.loads(raw)
+        data = _load(raw)
     except ValueError:
         return ASSIGNED_ID.format(line)
     return _custom_id(data, line) if isinstance(data, dict) else ASSIGNED_ID.format(line)
+
+
+def _load(raw: bytes | str) -> Any:
+    # Decoded here rather than by json.loads, which would take a stray byte-order mark as UTF-16.
+    return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
 
 
 def _custom_id(data: dict[str, Any], line: int) -> str:

@@ -1,0 +1,44 @@
+"""`llmcluster batch`: run a batch job from the command line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+err_console = Console(stderr=True)
+
+# The exit status of a run stopped by Ctrl-C or SIGTERM, as shells report a SIGINT.
+INTERRUPTED_EXIT = 130
+
+
+def batch(
+    config: Annotated[Path, typer.Argument(help="Cluster config (YAML).")],
+    model: Annotated[str, typer.Option("--model", help="Model (name or alias) that answers every request.")],
+    input: Annotated[Path, typer.Option("--input", help="JSONL file of OpenAI batch request lines, or plain "
+                                                        "{\"prompt\": ...} / {\"messages\": [...]} lines.")],
+    output: Annotated[Path, typer.Option("--output", help="JSONL file the answers are appended to; answers "
+                                                          "already there are skipped, so a rerun resumes.")],
+    address: Annotated[Optional[str], typer.Option(
+        "--address", help="Ray cluster to run on (default: RAY_ADDRESS, else a local one started for the job).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Log progress instead of showing a progress bar.")] = False,
+    max_in_flight: Annotated[Optional[int], typer.Option(
+        "--max-in-flight", min=1,
+        help="Requests each model replica works on at once (default: twice the engine's max_num_seqs).")] = None,
+) -> None:
+    """Answer every request in --input with a model of CONFIG, on Ray Data; rerun the same command to resume."""
+    from cluster.batch import BatchError, OutputFileError, run_batch
+    from serve_app.config import ConfigError, load_config
+
+    try:
+        summary = run_batch(load_config(config), model, input, output, address=address or os.environ.get("RAY_ADDRESS"),
+                            quiet=quiet, max_in_flight=max_in_flight)
+    except (ConfigError, BatchError, OutputFileError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if summary.interrupted:
+        raise typer.Exit(INTERRUPTED_EXIT)
