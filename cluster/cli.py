@@ -51,10 +51,17 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at D
 
 @app.command()
 def validate(config: ConfigArg = DEFAULT_CONFIG) -> None:
-    """Check a config and exit non-zero, naming the field, when it is invalid."""
+    """Check a config and exit non-zero, naming the field, when it is invalid.
+
+    Also warns, from each model's config.json when it is on this machine, when a model cannot fit the
+    parallelism and GPUs it declares."""
     cluster = _load(config)
     console.print(f"{config}: ok ({len(cluster.models)} model(s): "
                   f"{', '.join(m.name for m in cluster.models)})")
+    from cluster.fit_check import check_config
+
+    for line in check_config(cluster).lines():
+        err_console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -306,10 +306,10 @@ def _memory_warnings(model: ModelConfig, shape: ModelShape, gpu: Gpu, gpus_per_n
     if memory.kv_cache <= -memory.free:
         suggestion = plan(shape, gpu, max(1, max_len), 1, gpus_per_node, utilization)
         hint = f"; the planner suggests {suggestion.layout}" if suggestion.fits else ""
-        yield (f"{model.name}: weights need {memory.weights / GB:.1f} GB per GPU {where}, more than the "
+        yield (f"weights need {memory.weights / GB:.1f} GB per GPU {where}, more than the "
                f"{(memory.budget - memory.activations - memory.overhead) / GB:.1f} GB left after "
                f"activations{hint}")
         return
     room = (memory.kv_cache + memory.free) // (memory.kv_cache // max_len)  # tokens of the fullest GPU
-    yield (f"{model.name}: the KV cache of one {max_len}-token sequence takes {memory.kv_cache / GB:.1f} GB "
+    yield (f"the KV cache of one {max_len}-token sequence takes {memory.kv_cache / GB:.1f} GB "
            f"per GPU {where} and does not fit; lower engine.max_model_len to at most {room} or add GPUs")

@@ -29,11 +29,16 @@ def k8s(
     from cluster.k8s_render import render_files, write_files
     from cluster.node_pools import PoolError
 
+    from cluster.fit_check import check_config
+
     try:
-        files = render_files(load_config(config), source=config.name)
+        cluster = load_config(config)
+        files = render_files(cluster, source=config.name)
     except (ConfigError, PoolError, PresetError) as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    for line in check_config(cluster).lines():
+        err_console.print(line, highlight=False, soft_wrap=True)
     out_dir = out or default_out_dir(config)
     write_files(files, out_dir)
     typer.echo(f"wrote {len(files)} files to {out_dir}/: {', '.join(files)}")

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from cluster.fit_check import FitCheck, check_config
 from cluster.model_shape import ModelShape, ModelShapeError, read_shape, with_precision
 from cluster.planner import (GPUS, PlanError, candidate_layouts, fit_warnings, gpu_memory, plan, stage_layers,
                              tensor_sizes)
-from serve_app.config import ModelConfig
+from serve_app.config import ClusterConfig, ModelConfig
 from tests.unit.model_configs import DEEPSEEK_V3, LLAMA_3_70B, QWEN2_5_7B, QWEN2_5_32B, SMOLLM2_135M
 
 GB = 10**9
@@ -285,3 +286,50 @@ def test_plan_command_prints_the_layout(tmp_path):
     assert missing.exit_code == 2 and "error" in missing.output and "Traceback" not in missing.output
     too_big = runner.invoke(app, ["plan", str(model), "--gpu", "L4", "--gpus-per-node", "1"])
     assert too_big.exit_code == 1 and "does not fit" in " ".join(too_big.output.split())
+
+
+# --- checking a whole config, as `llmcluster validate` and `render k8s` do ---
+
+def deepseek_cluster(source: Path, pipeline: int, **kubernetes: Any) -> ClusterConfig:
+    return ClusterConfig.model_validate({
+        "models": [{"name": "deepseek-v3", "source": str(source), "engine": {"max_model_len": 32768},
+                    "parallelism": {"tensor": 8, "pipeline": pipeline},
+                    "resources": {"device": "gpu", "accelerator": "H100"}}],
+        "kubernetes": kubernetes})
+
+
+def test_config_check_warns_when_a_model_cannot_fit_its_declared_gpus(tmp_path):
+    source = write_model(tmp_path, DEEPSEEK_V3)
+    one_node = check_config(deepseek_cluster(source, pipeline=1))
+    (warning,) = one_node.warnings
+    assert warning.startswith("model deepseek-v3: weights need") and "TP8 x PP2 on 2 nodes" in warning
+    assert check_config(deepseek_cluster(source, pipeline=2)) == FitCheck(warnings=(), unchecked=())
+
+
+def test_config_check_uses_the_node_shape_of_the_declared_pool(tmp_path):
+    source = write_model(tmp_path, DEEPSEEK_V3)
+    pool = {"name": "h100x4", "accelerator": "H100", "gpus_per_node": 4, "cpus": 96, "memory": "900Gi"}
+    (warning,) = check_config(deepseek_cluster(source, pipeline=2, node_pools=[pool])).warnings
+    assert "spans nodes of 4 GPUs" in warning
+
+
+def test_config_check_names_models_it_cannot_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    cluster = deepseek_cluster(Path("deepseek-ai/DeepSeek-V3"), pipeline=1)
+    fit = check_config(cluster)
+    assert fit.warnings == ()
+    (note,) = fit.unchecked
+    assert note.startswith("model deepseek-v3: not checked") and "hf download deepseek-ai/DeepSeek-V3" in note
+
+
+def test_validate_command_prints_fit_warnings_and_still_passes(tmp_path):
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+
+    source = write_model(tmp_path, DEEPSEEK_V3)
+    config = tmp_path / "cluster.yaml"
+    config.write_text(json.dumps(deepseek_cluster(source, pipeline=1).model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["validate", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "warning: model deepseek-v3: weights need 84.1 GB per GPU" in result.output
