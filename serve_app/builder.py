@@ -39,6 +39,7 @@ def autoscaling_options(model: ModelConfig) -> dict[str, Any]:
         "target_ongoing_requests": scaling.target_ongoing_requests,
         "upscale_delay_s": scaling.upscale_delay_s,
         "downscale_delay_s": scaling.downscale_delay_s,
+        "look_back_period_s": scaling.look_back_period_s,
     }
     return options
 

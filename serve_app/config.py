@@ -70,6 +70,8 @@ class AutoscalingConfig(_Section):
         256, ge=1, description="Requests one replica accepts at once; more wait in the router.")
     upscale_delay_s: float = Field(30.0, ge=0, description="Load must stay high this long before scaling up.")
     downscale_delay_s: float = Field(600.0, ge=0, description="Load must stay low this long before scaling down.")
+    look_back_period_s: float = Field(
+        30.0, gt=0, description="Window over which in-flight requests are averaged for each scaling decision.")
     cold_start_timeout_s: float = Field(
         300.0, gt=0, description="How long a request to a model with no ready replica waits before a 503.")
 

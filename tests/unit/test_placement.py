@@ -79,7 +79,7 @@ def test_cpu_binding_refuses_more_ranks_than_cores() -> None:
 
 def test_autoscaling_options_carry_the_config() -> None:
     scaling = {"min_replicas": 0, "max_replicas": 3, "target_ongoing_requests": 2, "upscale_delay_s": 1,
-               "downscale_delay_s": 5}
+               "downscale_delay_s": 5, "look_back_period_s": 2}
     options = autoscaling_options(model(autoscaling=scaling))
     assert options["autoscaling_config"] == {**scaling, "initial_replicas": None}
     fixed = autoscaling_options(model(autoscaling={"min_replicas": 2, "max_replicas": 2}))
