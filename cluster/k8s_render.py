@@ -37,7 +37,7 @@ def serve_config_v2(config: ClusterConfig) -> dict[str, Any]:
     """
     serving = pod_config(config).model_dump(mode="json", exclude={"kubernetes"})
     return {
-        "proxy_location": "EveryNode",
+        "proxy_location": config.router.proxy_location,
         "http_options": {"host": "0.0.0.0", "port": kuberay.SERVE_PORT,
                          "request_timeout_s": config.router.request_timeout_s},
         "applications": [{

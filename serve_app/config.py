@@ -28,6 +28,9 @@ class RouterConfig(_Section):
     host: str = Field("127.0.0.1", description="Address the OpenAI endpoint listens on (0.0.0.0 for all).")
     port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI endpoint.")
     replicas: int = Field(1, ge=1, description="Number of router replicas.")
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode", description="Where Serve runs an HTTP proxy on the router's port: on every node, or only "
+                                 "the head (for several Ray nodes sharing one host and port).")
     cpus: float = Field(1.0, ge=0, description="CPU cores reserved for each router replica.")
     api_keys_env: str | None = Field(
         None, description="Name of an environment variable holding comma-separated API keys; unset means no auth.")

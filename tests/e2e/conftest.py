@@ -44,12 +44,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(config: Path, log: Path, extra_env: dict[str, str] | None = None) -> Server:
+def start_server(config: Path, log: Path, extra_env: dict[str, str] | None = None,
+                 extra_args: tuple[str, ...] = ()) -> Server:
     port = free_port()
     env = {**os.environ, **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)
     with log.open("wb") as out:
-        process = subprocess.Popen([CLI, "serve", str(config), "--port", str(port)], cwd=REPO_ROOT,
+        process = subprocess.Popen([CLI, "serve", str(config), "--port", str(port), *extra_args], cwd=REPO_ROOT,
                                    stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = Server(process, port, log)
     deadline = time.monotonic() + START_TIMEOUT_S
