@@ -29,11 +29,17 @@ def batch(
     max_in_flight: Annotated[Optional[int], typer.Option(
         "--max-in-flight", min=1,
         help="Requests each model replica works on at once (default: twice the engine's max_num_seqs).")] = None,
+    kubernetes: Annotated[bool, typer.Option(
+        "--kubernetes", help="Submit the job as the RayJob rendered from CONFIG instead (kubeconfig or in-cluster "
+                             "credentials); --input and --output are then paths in the job's head pod.")] = False,
 ) -> None:
     """Answer every request in --input with a model of CONFIG, on Ray Data; rerun the same command to resume."""
     from cluster.batch import BatchError, OutputFileError, run_batch
     from serve_app.config import ConfigError, load_config
 
+    if kubernetes:
+        _submit(config, model, input, output)
+        return
     try:
         summary = run_batch(load_config(config), model, input, output, address=address or os.environ.get("RAY_ADDRESS"),
                             quiet=quiet, max_in_flight=max_in_flight)
@@ -42,3 +48,30 @@ def batch(
         raise typer.Exit(2) from None
     if summary.interrupted:
         raise typer.Exit(INTERRUPTED_EXIT)
+
+
+def _submit(config: Path, model: str, input: Path, output: Path) -> None:
+    from cluster.batch import BatchError
+    from cluster.batch.submit import batch_rayjob, follow_hint, kubernetes_api, submit_rayjob
+    from serve_app.config import ConfigError, load_config
+
+    try:
+        job = batch_rayjob(load_config(config), model, input.as_posix(), output.as_posix())
+    except (ConfigError, BatchError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config import ConfigException
+
+    try:
+        submit_rayjob(kubernetes_api(), job)
+    except ConfigException as exc:
+        err_console.print(f"[red]error:[/red] no Kubernetes credentials ({exc}); set KUBECONFIG or run in a pod",
+                          highlight=False)
+        raise typer.Exit(2) from None
+    except ApiException as exc:  # e.g. 404 when KubeRay's CRDs are not installed, 403 without RBAC
+        err_console.print(f"[red]error:[/red] the API server refused the RayJob: {exc.status} {exc.reason}",
+                          highlight=False)
+        raise typer.Exit(1) from None
+    for line in follow_hint(job):
+        print(line)

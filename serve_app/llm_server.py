@@ -21,7 +21,11 @@ ENDPOINTS = ("chat", "completions")
 
 @dataclass(frozen=True)
 class Accepted:
-    """First item of every reply stream: a replica has taken the request (the model is not cold)."""
+    """First item of every reply stream: a replica has taken the request (the model is not cold).
+
+    It carries the engine's context length, which the router lists in /v1/models when the config sets none."""
+
+    max_model_len: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class LLMServer:
 
     async def generate(self, endpoint: str, body: dict[str, Any], request_id: str) -> AsyncIterator[Any]:
         """Accepted, then a ReplyHead, then (when streaming) the SSE lines as the engine makes them."""
-        yield Accepted()
+        yield Accepted(self._engine.max_model_len)
         if endpoint not in ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r}")
         reply: EngineReply = await getattr(self._engine, endpoint)(body, request_id)

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from serve_app.config import ClusterConfig, RouterConfig
 from serve_app.errors import openai_error
-from serve_app.llm_server import ReplyHead
+from serve_app.llm_server import Accepted, ReplyHead
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +25,11 @@ REQUEST_ID_HEADER = "x-request-id"
 COLD_START_RETRY_AFTER_S = 30
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelRoute:
-    """One served model as the router sees it: its names, its deployment handle and its limits."""
+    """One served model as the router sees it: its names, its deployment handle and its limits.
+
+    `max_model_len` is the config's; without one, the engine's, learnt from the first reply of a replica."""
 
     name: str
     aliases: tuple[str, ...]
@@ -125,7 +127,7 @@ async def _call_model(route: ModelRoute, endpoint: str, body: dict[str, Any], re
     replies = route.handle.options(stream=True).generate.remote(endpoint, body, request_id)
     try:
         # The first item only says a replica took the request, so this bounds the wait for a cold model.
-        await asyncio.wait_for(anext(replies), timeout=route.cold_start_timeout_s)
+        accepted: Accepted = await asyncio.wait_for(anext(replies), timeout=route.cold_start_timeout_s)
         head: ReplyHead = await anext(replies)
     except TimeoutError:
         replies.cancel()
@@ -138,6 +140,8 @@ async def _call_model(route: ModelRoute, endpoint: str, body: dict[str, Any], re
         logger.exception("request %s to model %s failed", request_id, route.name)
         return error_response(503, f"model {route.name!r} is unavailable; retry shortly", request_id,
                               headers={"Retry-After": "5"})
+    if route.max_model_len is None:
+        route.max_model_len = accepted.max_model_len
     headers = {REQUEST_ID_HEADER: request_id}
     if not head.streaming:
         if head.status >= 400 and isinstance(head.body, dict) and isinstance(head.body.get("error"), dict):

@@ -34,6 +34,7 @@ class FakeModelHandle:
 
     script: Callable[[str, dict[str, Any]], AsyncIterator[Any]]
     start_delay_s: float = 0.0
+    max_model_len: int | None = None  # the context length the fake engine reports
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     replies: list[FakeReplies] = field(default_factory=list)
 
@@ -52,7 +53,7 @@ class FakeModelHandle:
 
     async def _run(self, endpoint: str, body: dict[str, Any]) -> AsyncIterator[Any]:
         await asyncio.sleep(self.start_delay_s)
-        yield Accepted()
+        yield Accepted(self.max_model_len)
         async for item in self.script(endpoint, body):
             yield item
 

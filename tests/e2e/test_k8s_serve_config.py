@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -75,6 +76,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     path = tmp_path_factory.mktemp("k8s") / "serve-config.yaml"
     path.write_text(yaml.safe_dump(config))
 
+    auth_mode = os.environ.get("RAY_AUTH_MODE")
     gcs_address = ray_session.start_local_ray()
     try:
         # `serve run FILE` takes the path KubeRay's PUT to the dashboard takes: the file is validated as a
@@ -90,6 +92,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         serve.shutdown()
     finally:
         ray.shutdown()
+        if auth_mode is None:  # ray.init turned token auth on in this process's environment, for its cluster only
+            os.environ.pop("RAY_AUTH_MODE", None)
     # The cluster was this process's own: once it shuts down, neither Ray's GCS nor Serve's proxy may remain.
     leftovers = [address for address in (gcs_address, f"127.0.0.1:{port}") if accepts_connections(address)]
     assert not leftovers, f"still listening after shutdown: {leftovers}"

@@ -79,6 +79,15 @@ def test_models_lists_names_and_aliases(client: TestClient) -> None:
     assert all(c["owned_by"] == "llmcluster" and c["max_model_len"] == 4096 for c in cards)
 
 
+def test_context_length_not_in_the_config_is_the_one_the_engine_reports() -> None:
+    handle = FakeModelHandle(echo_script(["hi"]), max_model_len=8192)
+    unset = ModelRoute(name="m", aliases=(), handle=handle, cold_start_timeout_s=5, max_model_len=None, created=1)
+    client = TestClient(create_api(ModelCatalog([unset])))
+    assert "max_model_len" not in client.get("/v1/models").json()["data"][0]  # no replica has answered yet
+    assert chat(client, "m").status_code == 200
+    assert client.get("/v1/models").json()["data"][0]["max_model_len"] == 8192
+
+
 def test_streaming_passes_chunks_through(client: TestClient) -> None:
     with client.stream("POST", "/v1/chat/completions",
                        json={"model": "small", "messages": [], "stream": True}) as response:
