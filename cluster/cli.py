@@ -142,12 +142,16 @@ def _connect(address: Optional[str]) -> None:
 
 @app.command()
 def status(address: AddressOption = None,
-           as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False) -> None:
+           as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+           load: Annotated[bool, typer.Option(
+               "--load", help="Also ask one running replica of each model for its in-flight requests. Serve's "
+                              "autoscaler counts that call as load for about 10 s: do not poll with it.")] = False,
+           ) -> None:
     """Show the served models, their replicas and their state."""
     _connect(address)
     from cluster.deploy import application_status
 
-    apps = application_status()
+    apps = application_status(engine_stats=load)
     if as_json:
         print(json.dumps([asdict(a) for a in apps], indent=2))
         return

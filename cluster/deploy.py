@@ -53,8 +53,11 @@ class AppStatus:
     deployments: list[DeploymentStatus]
 
 
-def application_status(engine_stats: bool = True) -> list[AppStatus]:
-    """Every Serve application with its deployments' replica states, and engine load when asked."""
+def application_status(engine_stats: bool = False) -> list[AppStatus]:
+    """Every Serve application with its deployments' replica states, and engine load when asked.
+
+    Engine load is a call through the model's deployment handle. Serve's autoscaler counts it, and keeps the
+    last report of a handle for 10 s after its process is gone, so polling it would hold a model up."""
     from ray import serve
 
     apps = []

@@ -76,8 +76,9 @@ def stop_server(server: Server) -> int:
         raise
 
 
-def cli_status() -> list[dict]:
-    result = subprocess.run([CLI, "status", "--json"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+def cli_status(*extra: str) -> list[dict]:
+    result = subprocess.run([CLI, "status", "--json", *extra], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
 

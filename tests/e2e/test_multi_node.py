@@ -56,7 +56,7 @@ def pools() -> Iterator[NodePools]:
             for _ in range(3)]
     other = cluster.add_node(num_cpus=2, resources={NODE_POOL_RESOURCE.format(OTHER_POOL): POOL_AMOUNT})
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
+    ray.init(address=cluster.address, log_to_driver=False)  # the serve log has the replicas' output
     yield NodePools(cluster, pool, other)
     ray.shutdown()
     cluster.shutdown()

@@ -90,7 +90,7 @@ def test_health(server: Server) -> None:
 
 
 def _in_flight() -> int:
-    (app,) = cli_status()
+    (app,) = cli_status("--load")
     (model,) = [d for d in app["deployments"] if d["name"] == "model-smollm2"]
     return sum(stats["unfinished_requests"] for stats in model["engine"])
 
