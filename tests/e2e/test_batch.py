@@ -146,35 +146,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_batch_answers_every_line_once(source: Path, tmp_path: Path) -> None:
-    out = tmp_path / "answers.jsonl"
-    started = time.monotonic()
-    result = subprocess.run(command(source, out), cwd=REPO_ROOT, env=env(), capture_output=True, text=True,
-                            timeout=RUN_TIMEOUT_S)
-    print(f"\nllmcluster batch: {TOTAL} requests in {time.monotonic() - started:.0f}s")
-    assert result.returncode == 0, result.stderr[-4000:]
-    rows = read_rows(out)
-    check_complete(rows)
-    assert "Paris" in paris_answer(rows)
-    by_id = {row["custom_id"]: row for row in rows if row["custom_id"] != "c0"}  # c0 is answered and repeated
-    assert by_id["c4"]["response"]["body"]["object"] == "chat.completion"
-    assert by_id["c5"]["response"]["body"]["object"] == "text_completion"
-    assert by_id["line-3"]["response"]["body"]["object"] == "text_completion"  # plain prompt, good line 2
-    assert by_id["line-4"]["response"]["body"]["object"] == "chat.completion"  # plain messages, good line 3
-    assert by_id["line-4"]["response"]["body"]["usage"]["completion_tokens"] <= 8 + 3 % 5
-    # A bad line says what is wrong with it.
-    assert by_id[f"line-{GOOD + 2}"]["response"] is None
-    assert "not valid JSON" in by_id[f"line-{GOOD + 2}"]["error"]["message"]
-    assert "priority" in by_id["extra-field"]["error"]["message"]
-    assert "/v1/embeddings" in by_id["embeddings"]["error"]["message"]
-    assert by_id["too-long"]["response"]["status_code"] == 400
-    assert "maximum context length is 4096" in by_id["too-long"]["error"]["message"]
-    summary = " ".join(result.stdout.split())  # the summary is wrapped to the width of a terminal
-    assert f"batch complete: {TOTAL} requests answered" in summary and f"({len(BAD)} failed)" in summary
-    assert f"0 left of {TOTAL}" in summary and "output tokens/s" in summary
-
-
-def test_batch_killed_and_stopped_then_rerun_finishes_without_duplicates(source: Path, tmp_path: Path) -> None:
+def test_batch_killed_then_stopped_then_rerun_answers_every_line_once(source: Path, tmp_path: Path) -> None:
     out, log = tmp_path / "answers.jsonl", tmp_path / "batch.log"
     # Few requests in flight, so answers come out block by block and the job can be caught halfway.
     slow = command(source, out, "--quiet", "--max-in-flight", "4")
@@ -214,13 +186,34 @@ def test_batch_killed_and_stopped_then_rerun_finishes_without_duplicates(source:
     assert kept.endswith(b"\n")  # a stop waits for the block being written
     print(f"stopped with {at_stop} answers written")
 
-    # The rerun answers only what is missing.
+    # The rerun answers only what is missing, with a live progress bar and the final summary.
+    started = time.monotonic()
     result = subprocess.run(command(source, out), cwd=REPO_ROOT, env=env(), capture_output=True, text=True,
                             timeout=RUN_TIMEOUT_S)
+    print(f"rerun: the other {TOTAL - at_stop} requests in {time.monotonic() - started:.0f}s")
     assert result.returncode == 0, result.stderr[-4000:]
     done_before = len(kept.splitlines())
-    assert f"{done_before} done by earlier runs, 0 left of {TOTAL}" in " ".join(result.stdout.split())
+    summary = " ".join(result.stdout.split())  # the summary is wrapped to the width of a terminal
+    assert f"batch complete: {TOTAL - done_before} requests answered" in summary and "output tokens/s" in summary
+    assert f"{done_before} done by earlier runs, 0 left of {TOTAL}" in summary
     assert out.read_bytes().startswith(kept)
     rows = read_rows(out)
     check_complete(rows)
+    check_answers(rows)
+
+
+def check_answers(rows: list[dict]) -> None:
+    """The answers make sense and each bad line says what is wrong with it."""
     assert "Paris" in paris_answer(rows)
+    by_id = {row["custom_id"]: row for row in rows if row["custom_id"] != "c0"}  # c0 is answered and repeated
+    assert by_id["c4"]["response"]["body"]["object"] == "chat.completion"
+    assert by_id["c5"]["response"]["body"]["object"] == "text_completion"
+    assert by_id["line-3"]["response"]["body"]["object"] == "text_completion"  # plain prompt, good line 2
+    assert by_id["line-4"]["response"]["body"]["object"] == "chat.completion"  # plain messages, good line 3
+    assert by_id["line-4"]["response"]["body"]["usage"]["completion_tokens"] <= 8 + 3 % 5
+    assert by_id[f"line-{GOOD + 2}"]["response"] is None
+    assert "not valid JSON" in by_id[f"line-{GOOD + 2}"]["error"]["message"]
+    assert "priority" in by_id["extra-field"]["error"]["message"]
+    assert "/v1/embeddings" in by_id["embeddings"]["error"]["message"]
+    assert by_id["too-long"]["response"]["status_code"] == 400
+    assert "maximum context length is 4096" in by_id["too-long"]["error"]["message"]
