@@ -60,10 +60,13 @@ def measure_offline(model: ModelConfig, texts: list[str], sampling: dict[str, An
     from serve_app.vllm_adapter import OfflineEngine
 
     engine = OfflineEngine(engine_spec(model, resolve_source(model.source)))
-    engine.generate(prompts(WARMUP_REQUESTS, start=len(texts)), sampling)
-    started = time.perf_counter()
-    tokens = sum(engine.generate(texts, sampling))
-    return Measurement(tokens, time.perf_counter() - started)
+    try:
+        engine.generate(prompts(WARMUP_REQUESTS, start=len(texts)), sampling)
+        started = time.perf_counter()
+        tokens = sum(engine.generate(texts, sampling))
+        return Measurement(tokens, time.perf_counter() - started)
+    finally:
+        engine.shutdown()
 
 
 def wait_for_children(timeout_s: float = 60) -> None:

@@ -155,6 +155,10 @@ class OfflineEngine:
         outputs = self._llm.generate(prompts, SamplingParams(**sampling), use_tqdm=False)
         return [sum(len(choice.token_ids) for choice in output.outputs) for output in outputs]
 
+    def shutdown(self) -> None:
+        # Stops the engine core process; left running, it keeps the interpreter from exiting.
+        self._llm.llm_engine.engine_core.shutdown()
+
 
 def _engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
     kwargs = {
