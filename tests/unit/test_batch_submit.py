@@ -12,7 +12,7 @@ from cluster.batch.submit import batch_rayjob, follow_hint, submit_rayjob
 from cluster.k8s_render import render
 from serve_app.config import load_config
 from tests.conftest import REPO_ROOT
-from tests.k8s_schemas import ManifestChecker
+from tests.k8s_schemas import ManifestChecker, needs_crds
 
 MULTI = REPO_ROOT / "configs" / "local-multi.yaml"
 
@@ -56,6 +56,7 @@ def test_the_job_is_the_rendered_one_apart_from_what_the_submission_sets() -> No
     assert job["metadata"]["name"] != rendered["metadata"]["name"] and rendered["spec"]["suspend"] is True
 
 
+@needs_crds
 def test_the_submitted_job_is_a_valid_rayjob() -> None:
     config = load_config(MULTI)
     job = batch_rayjob(config, config.models[-1].name, "/models/a.jsonl", "/models/b.jsonl")
