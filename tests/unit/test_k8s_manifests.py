@@ -13,7 +13,7 @@ import yaml
 from cluster.k8s_render import render, render_files
 from serve_app.config import load_config
 from tests.conftest import REPO_ROOT
-from tests.k8s_schemas import KUBERAY_CRDS, ManifestChecker, crd_to_json_schema, load_yaml_documents, needs_crds
+from tests.k8s_schemas import ManifestChecker, crd_to_json_schema, load_yaml_documents, needs_crds
 
 CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
 COMMITTED = sorted((REPO_ROOT / "k8s").glob("*/*.yaml"))
