@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-err_console = Console(stderr=True)
+from cluster.console import fail
 
 # The exit status of a run stopped by Ctrl-C or SIGTERM, as shells report a SIGINT.
 INTERRUPTED_EXIT = 130
@@ -44,8 +43,7 @@ def batch(
         summary = run_batch(load_config(config), model, input, output, address=address or os.environ.get("RAY_ADDRESS"),
                             quiet=quiet, max_in_flight=max_in_flight)
     except (ConfigError, BatchError, OutputFileError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        fail(str(exc))
     if summary.interrupted:
         raise typer.Exit(INTERRUPTED_EXIT)
 
@@ -58,20 +56,15 @@ def _submit(config: Path, model: str, input: Path, output: Path) -> None:
     try:
         job = batch_rayjob(load_config(config), model, input.as_posix(), output.as_posix())
     except (ConfigError, BatchError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        fail(str(exc))
     from kubernetes.client.exceptions import ApiException
     from kubernetes.config import ConfigException
 
     try:
         submit_rayjob(kubernetes_api(), job)
     except ConfigException as exc:
-        err_console.print(f"[red]error:[/red] no Kubernetes credentials ({exc}); set KUBECONFIG or run in a pod",
-                          highlight=False)
-        raise typer.Exit(2) from None
+        fail(f"no Kubernetes credentials ({exc}); set KUBECONFIG or run in a pod")
     except ApiException as exc:  # e.g. 404 when KubeRay's CRDs are not installed, 403 without RBAC
-        err_console.print(f"[red]error:[/red] the API server refused the RayJob: {exc.status} {exc.reason}",
-                          highlight=False)
-        raise typer.Exit(1) from None
+        fail(f"the API server refused the RayJob: {exc.status} {exc.reason}", status=1)
     for line in follow_hint(job):
         print(line)

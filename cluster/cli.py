@@ -13,19 +13,17 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from cluster import plan_command
 from cluster import batch_command
+from cluster import plan_command
 from cluster import ray_session
 from cluster import render_command
+from cluster.console import console, fail, warn
 from serve_app.config import ClusterConfig, ConfigError, load_config
 
 app = typer.Typer(help="An OpenAI-compatible LLM serving cluster on Ray.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-console = Console()
-err_console = Console(stderr=True)
 
 DEFAULT_CONFIG = Path("configs/local.yaml")
 ConfigArg = Annotated[Path, typer.Argument(help="Cluster config (YAML).")]
@@ -39,8 +37,7 @@ def _load(path: Path) -> ClusterConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        fail(str(exc))
 
 
 @app.callback()
@@ -60,8 +57,7 @@ def validate(config: ConfigArg = DEFAULT_CONFIG) -> None:
                   f"{', '.join(m.name for m in cluster.models)})")
     from cluster.fit_check import check_config
 
-    for line in check_config(cluster).lines():
-        err_console.print(line, highlight=False, soft_wrap=True)
+    warn(check_config(cluster).lines())
 
 
 @app.command()
@@ -80,8 +76,7 @@ def serve(
         cluster = cluster.model_copy(update={"router": cluster.router.model_copy(update={"port": port})})
     address = address or os.environ.get("RAY_ADDRESS")
     if detach and not address:
-        err_console.print("[red]error:[/red] --detach needs a running Ray cluster (--address or RAY_ADDRESS)")
-        raise typer.Exit(2)
+        fail("--detach needs a running Ray cluster (--address or RAY_ADDRESS)")
     if address:
         ray_session.join_ray(address)
     else:
@@ -135,9 +130,7 @@ def _wait_until_stopped(stop: threading.Event, app_name: str) -> None:
 def _connect(address: Optional[str]) -> None:
     # Ray reads its auth settings once, when first imported: connect before anything imports ray.
     if not ray_session.connect(address):
-        err_console.print("[red]error:[/red] no running cluster found; start one with `llmcluster serve` "
-                          "or pass --address")
-        raise typer.Exit(1)
+        fail("no running cluster found; start one with `llmcluster serve` or pass --address", status=1)
 
 
 @app.command()

@@ -16,7 +16,8 @@ def deploy(config: ClusterConfig) -> None:
     """Deploy `config` to the Ray cluster this process is connected to; returns once it serves."""
     from ray import serve
 
-    serve.start(proxy_location=config.router.proxy_location, http_options={"host": config.router.host, "port": config.router.port,
+    serve.start(proxy_location=config.router.proxy_location,
+                http_options={"host": config.router.host, "port": config.router.port,
                               "request_timeout_s": config.router.request_timeout_s})
     serve.run(build_application(config), name=config.cluster.name, route_prefix="/", blocking=False)
 

@@ -7,10 +7,10 @@ from dataclasses import asdict
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cluster import planner
+from cluster.console import console, fail
 from cluster.model_shape import BYTES_PER_PARAM, ModelShapeError, read_shape
 
 GB = planner.GB
@@ -39,12 +39,11 @@ def plan(
         shape = read_shape(model, dtype=dtype)
         result = planner.plan(shape, gpu, context, concurrency, gpus_per_node)
     except (ModelShapeError, planner.PlanError) as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        fail(str(exc))
     if as_json:
         print(json.dumps(asdict(result), indent=2))
     else:
-        Console().print(_table(result))
+        console.print(_table(result))
     if not result.fits:
         raise typer.Exit(1)
 

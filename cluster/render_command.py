@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
+from cluster.console import fail, warn
 from serve_app.config import ConfigError, load_config
 
 render_app = typer.Typer(help="Render a config into deployable manifests.", no_args_is_help=True)
-err_console = Console(stderr=True)
 
 
 def default_out_dir(config_path: Path) -> Path:
@@ -26,19 +25,16 @@ def k8s(
 ) -> None:
     """Render CONFIG as a RayService, a batch RayJob, a Service, a PodMonitor and a kustomization.yaml."""
     from cluster.cloud_presets import PresetError
+    from cluster.fit_check import check_config
     from cluster.k8s_render import render_files, write_files
     from cluster.node_pools import PoolError
-
-    from cluster.fit_check import check_config
 
     try:
         cluster = load_config(config)
         files = render_files(cluster, source=config.name)
     except (ConfigError, PoolError, PresetError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-    for line in check_config(cluster).lines():
-        err_console.print(line, highlight=False, soft_wrap=True)
+        fail(str(exc))
+    warn(check_config(cluster).lines())
     out_dir = out or default_out_dir(config)
     write_files(files, out_dir)
     typer.echo(f"wrote {len(files)} files to {out_dir}/: {', '.join(files)}")

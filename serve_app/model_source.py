@@ -94,13 +94,11 @@ def materialize_builtin(name: str, cache_dir: Path) -> Path:
         if target.is_dir():  # another process finished the conversion while we waited
             return target
         recipe = BUILTIN_MODELS[name]
-        if isinstance(recipe, RandomLlama):
-            tokenizer_dir = materialize_builtin(recipe.tokenizer_from, cache_dir)
         logger.info("making builtin model %s in %s (once)", name, target)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
             if isinstance(recipe, RandomLlama):
-                make_random_llama(recipe, tokenizer_dir, staging)  # noqa: F821 - set above for this kind
+                make_random_llama(recipe, materialize_builtin(recipe.tokenizer_from, cache_dir), staging)
             else:
                 convert_gguf(_packaged_gguf(recipe), staging)
             staging.rename(target)  # atomic: readers see either nothing or the whole model

@@ -36,7 +36,7 @@ def run_batch(config: ClusterConfig | str | Path, model: str, input: str | Path,
     lines to `output`. Requests already answered there are skipped, so rerunning after a crash or Ctrl-C
     finishes the job. Runs on a Ray cluster started for the job, or the one at `address`."""
     cluster = config if isinstance(config, ClusterConfig) else load_config(config)
-    model_config = _model(cluster, model)
+    model_config = model_of(cluster, model)
     input_path, output_path = Path(input), Path(output)
     if not input_path.is_file():
         raise BatchError(f"input file {input_path} does not exist")
@@ -57,7 +57,8 @@ def run_batch(config: ClusterConfig | str | Path, model: str, input: str | Path,
     return summary
 
 
-def _model(cluster: ClusterConfig, name: str) -> ModelConfig:
+def model_of(cluster: ClusterConfig, name: str) -> ModelConfig:
+    """The model of `cluster` served as `name` (its name or an alias); BatchError naming the choices if none."""
     try:
         return cluster.model(name)
     except KeyError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-from cluster.batch.job import BatchError
+from cluster.batch.job import model_of
 from cluster.k8s_render import render
 from cluster.kuberay import API_VERSION
 from serve_app.config import ClusterConfig
@@ -24,11 +24,7 @@ class CustomObjects(Protocol):
 def batch_rayjob(config: ClusterConfig, model: str, input: str, output: str, name: str | None = None) -> dict[str, Any]:
     """The RayJob `llmcluster render k8s` writes to rayjob.yaml, running `model` on `input` and `output` (paths
     in the job's head pod), under a name of its own and not suspended, so it starts once created."""
-    try:
-        chosen = config.model(model)
-    except KeyError:
-        names = ", ".join(n for m in config.models for n in m.served_names)
-        raise BatchError(f"the config serves no model {model!r}; its models: {names}") from None
+    chosen = model_of(config, model)
     # The rendered job runs the first model of the config on the files of its batch section: this job's.
     batch = config.kubernetes.batch.model_copy(update={"input": input, "output": output})
     job_config = config.model_copy(update={
