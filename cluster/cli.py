@@ -16,11 +16,13 @@ import typer
 from rich.table import Table
 
 from cluster import batch_command
+from cluster import keys_command
 from cluster import plan_command
 from cluster import ray_session
 from cluster import render_command
 from cluster.console import console, fail, warn
 from serve_app.config import ClusterConfig, ConfigError, load_config
+from serve_app.tenancy.keys import KeyStore, KeysFileError, load_key_store, pin_keys_file, served_model_names
 
 app = typer.Typer(help="An OpenAI-compatible LLM serving cluster on Ray.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -31,12 +33,21 @@ AddressOption = Annotated[Optional[str], typer.Option(
     "--address", help="Ray cluster to use (default: RAY_ADDRESS, else the one `llmcluster serve` started).")]
 # How often the foreground `serve` checks that its application still exists.
 WATCH_INTERVAL_S = 2.0
+logger = logging.getLogger(__name__)
 
 
 def _load(path: Path) -> ClusterConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
+        fail(str(exc))
+
+
+def _load_keys(cluster: ClusterConfig) -> KeyStore:
+    """The API keys the router will load, read now so a bad keys file stops the command before anything starts."""
+    try:
+        return load_key_store(cluster.router, served_model_names(cluster))
+    except KeysFileError as exc:
         fail(str(exc))
 
 
@@ -53,8 +64,12 @@ def validate(config: ConfigArg = DEFAULT_CONFIG) -> None:
     Also warns, from each model's config.json when it is on this machine, when a model cannot fit the
     parallelism and GPUs it declares."""
     cluster = _load(config)
+    keys = _load_keys(cluster)
     console.print(f"{config}: ok ({len(cluster.models)} model(s): "
                   f"{', '.join(m.name for m in cluster.models)})")
+    tenants = ", ".join(tenant.name for tenant in keys.tenants)
+    console.print(f"API keys: {len(keys.tenants)} ({tenants})" if tenants else "API keys: none (the API is open)",
+                  highlight=False)
     from cluster.fit_check import check_config
 
     warn(check_config(cluster).lines())
@@ -68,12 +83,10 @@ def serve(
     detach: Annotated[bool, typer.Option(help="Deploy and return instead of staying in the foreground.")] = False,
 ) -> None:
     """Deploy CONFIG on a local Ray cluster (or the one at --address) and serve until Ctrl-C."""
-    cluster = _load(config)
+    cluster = _serving_config(config, port)
     from cluster.deploy import base_url, deploy, remove
     from serve_app.model_source import resolve_source
 
-    if port is not None:
-        cluster = cluster.model_copy(update={"router": cluster.router.model_copy(update={"port": port})})
     address = address or os.environ.get("RAY_ADDRESS")
     if detach and not address:
         fail("--detach needs a running Ray cluster (--address or RAY_ADDRESS)")
@@ -101,6 +114,19 @@ def serve(
             remove(cluster.cluster.name)
             ray_session.forget_local_cluster()
             ray_session.leave()
+
+
+def _serving_config(path: Path, port: Optional[int]) -> ClusterConfig:
+    """The config to deploy, its API keys checked: a bad keys file stops `serve` before Ray starts."""
+    cluster = _load(path)
+    router = pin_keys_file(cluster.router)
+    if port is not None:
+        router = router.model_copy(update={"port": port})
+    cluster = cluster.model_copy(update={"router": router})
+    if _load_keys(cluster).open:
+        logger.warning("no API keys configured (router.auth.keys_file, $LLMCLUSTER_KEYS_FILE or "
+                       "router.api_keys_env): the API is open, no key required")
+    return cluster
 
 
 def _print_ready(cluster: ClusterConfig, url: str, seconds: float) -> None:
@@ -180,6 +206,7 @@ app.command(name="plan")(plan_command.plan)
 
 
 app.add_typer(render_command.render_app, name="render")
+app.add_typer(keys_command.keys_app, name="keys")
 app.command(name="batch")(batch_command.batch)
 
 

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve_app.builder import ROUTER_DEPLOYMENT, build_application, model_deployment_name
+from serve_app.builder import MODEL_DEPLOYMENT_PREFIX, build_application, model_deployment_name
 from serve_app.config import ClusterConfig
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def application_status(engine_stats: bool = False) -> list[AppStatus]:
                         for state, count in dep.replica_states.items()}
             status = DeploymentStatus(name, str(dep.status.value if hasattr(dep.status, "value") else dep.status),
                                       replicas, dep.message)
-            if engine_stats and name != ROUTER_DEPLOYMENT and replicas.get("RUNNING"):
+            if engine_stats and name.startswith(MODEL_DEPLOYMENT_PREFIX) and replicas.get("RUNNING"):
                 status.engine = _engine_stats(app_name, name)
             deployments.append(status)
         apps.append(AppStatus(app_name, str(app.status.value if hasattr(app.status, "value") else app.status),

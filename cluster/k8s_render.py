@@ -10,6 +10,7 @@ import yaml
 from kubernetes import client as k8s
 
 from cluster import kuberay
+from cluster.k8s_network import network_policy
 from cluster.k8s_pods import (CONFIG_DIR, CONFIG_FILE, cache_claim_name, common_labels, config_map_name,
                               head_template, worker_template)
 from cluster.node_pools import PoolPlan, head_ray_cpus, plan_pools, uses_gpu
@@ -61,6 +62,8 @@ def render(config: ClusterConfig) -> dict[str, dict[str, Any]]:
         objects["pvc.yaml"] = _cache_claim(config)
     objects["rayservice.yaml"] = _ray_service(config)
     objects["service.yaml"] = _openai_service(config)
+    objects["networkpolicy.yaml"] = network_policy(config, _metadata(config, config.cluster.name),
+                                                   batch_job=batch_job_name(config))
     if settings.monitoring:
         objects["podmonitor.yaml"] = _pod_monitor(config)
     objects["rayjob.yaml"] = _batch_job(config)
@@ -172,6 +175,10 @@ def _pod_monitor(config: ClusterConfig) -> dict[str, Any]:
     }
 
 
+def batch_job_name(config: ClusterConfig) -> str:
+    return f"{config.cluster.name}-batch"
+
+
 def batch_entrypoint(config: ClusterConfig) -> str:
     batch = config.kubernetes.batch
     return shlex.join(["llmcluster", "batch", f"{CONFIG_DIR}/{CONFIG_FILE}", "--model", config.models[0].name,
@@ -190,5 +197,5 @@ def _batch_job(config: ClusterConfig) -> dict[str, Any]:
     workers = [_worker_group(config, plan, "batch-worker", min_nodes=0, serving=False) for plan in plans]
     spec = kuberay.cluster_spec(head, workers, idle_timeout_s=settings.idle_timeout_s,
                                 image_pull_policy=settings.image_pull_policy)
-    return kuberay.ray_job(_metadata(config, f"{config.cluster.name}-batch"), batch_entrypoint(config), spec,
+    return kuberay.ray_job(_metadata(config, batch_job_name(config)), batch_entrypoint(config), spec,
                            ttl_seconds_after_finished=settings.batch.ttl_seconds_after_finished)

@@ -16,9 +16,15 @@ SERVE_PORT_NAME = "serve"
 METRICS_PORT_NAME = "metrics"
 SERVE_PORT = 8000
 METRICS_PORT = 8080
-HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, SERVE_PORT_NAME: SERVE_PORT,
+DASHBOARD_PORT = 8265
+HEAD_PORTS = {"gcs-server": 6379, "dashboard": DASHBOARD_PORT, "client": 10001, SERVE_PORT_NAME: SERVE_PORT,
               METRICS_PORT_NAME: METRICS_PORT}
 WORKER_PORTS = {METRICS_PORT_NAME: METRICS_PORT}
+# Who calls the head's dashboard port from outside the Ray cluster: the operator, to deploy a RayService's
+# Serve config and follow its state (labels its pod has under both the Helm chart and the kustomize install),
+# and a RayJob's submitter pod (K8sJobMode), in a Job that KubeRay names after the RayJob.
+OPERATOR_POD_LABELS = {"app.kubernetes.io/component": "kuberay-operator"}
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 # KubeRay sets this label to "true" on pods whose Serve proxy is healthy in the cluster that serves, so a
 # Service selecting it never sends traffic to a cluster still starting during an upgrade.
 SERVE_READY_LABEL = "ray.io/serve"

@@ -12,6 +12,10 @@ from serve_app.model_source import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
+LOOPBACK = "127.0.0.1"
+# Ray's switch for multi-machine clusters, off by default on macOS and Windows; see _pin_node_ip_to_loopback.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
 
 @dataclass(frozen=True)
 class LocalCluster:
@@ -52,13 +56,33 @@ def recorded_local_cluster() -> LocalCluster | None:
 
 
 def start_local_ray() -> str:
-    """Start a Ray cluster inside this process; it lives as long as the process does."""
+    """Start a Ray cluster inside this process, reachable from this machine only; it lives as long as the process.
+
+    Ray's token auth (RAY_AUTH_MODE, on by default for new clusters) stays as the environment sets it."""
+    _pin_node_ip_to_loopback()
     import ray
 
-    # The address is pinned to loopback so a laptop's changing network does not break the cluster.
-    context = ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+    # Loopback also keeps a laptop's changing network from breaking the cluster.
+    context = ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK,
                        configure_logging=False, log_to_driver=True)
     return context.address_info["gcs_address"]
+
+
+def _pin_node_ip_to_loopback() -> None:
+    """Make 127.0.0.1 the node's address, so Ray's servers listen on loopback, not on every interface.
+
+    On Linux ray.init turns _node_ip_address="127.0.0.1" into the machine's outward address (services.
+    resolve_ip_for_localhost), and its gRPC servers (GCS, raylet, object manager, workers) then listen on all
+    interfaces. It keeps loopback only where single-machine clusters are the rule (macOS, Windows), a choice
+    read from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when ray is first imported, maybe before this call.
+    """
+    os.environ[SINGLE_MACHINE_ENV] = "0"  # Ray's own processes import ray afresh
+    # vLLM's Ray executor requires its own idea of the node address (VLLM_HOST_IP, else the outward one) to
+    # match Ray's; the raylet hands this process's environment to every worker it starts.
+    os.environ.setdefault("VLLM_HOST_IP", LOOPBACK)
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def join_ray(address: str, auth_mode: str | None = None) -> None:

@@ -23,9 +23,11 @@ def k8s(
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Directory for the manifests (default: k8s/<config file stem>/).")] = None,
 ) -> None:
-    """Render CONFIG as a RayService, a batch RayJob, a Service, a PodMonitor and a kustomization.yaml."""
+    """Render CONFIG as a RayService, a batch RayJob, a Service, a NetworkPolicy, a PodMonitor and a
+    kustomization.yaml."""
     from cluster.cloud_presets import PresetError
     from cluster.fit_check import check_config
+    from cluster.k8s_pods import keys_secret_command
     from cluster.k8s_render import render_files, write_files
     from cluster.node_pools import PoolError
 
@@ -38,4 +40,7 @@ def k8s(
     out_dir = out or default_out_dir(config)
     write_files(files, out_dir)
     typer.echo(f"wrote {len(files)} files to {out_dir}/: {', '.join(files)}")
+    if cluster.router.auth.keys_file:
+        typer.echo(f"the pods mount the API keys from a Secret that is not rendered; create it first with:\n"
+                   f"  {keys_secret_command(cluster)}")
     typer.echo(f"apply with: kubectl apply -k {out_dir}")

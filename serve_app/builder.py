@@ -12,9 +12,12 @@ from serve_app.config import ClusterConfig, ModelConfig, load_config, parse_conf
 from serve_app.llm_server import LLMServer
 from serve_app.placement import replica_placement
 from serve_app.router import OpenAIRouter
+from serve_app.tenancy.keys import served_model_names
+from serve_app.tenancy.quota_deployment import LEDGER_DEPLOYMENT, LedgerReplica
 from serve_app.vllm_adapter import VLLMEngine
 
 ROUTER_DEPLOYMENT = "router"
+MODEL_DEPLOYMENT_PREFIX = "model-"
 # A router replica only relays bytes; it can hold many requests at once.
 ROUTER_MAX_ONGOING_REQUESTS = 4096
 ENGINE_HEALTH_CHECK_PERIOD_S = 10
@@ -23,7 +26,7 @@ ENGINE_GRACEFUL_SHUTDOWN_S = 20
 
 
 def model_deployment_name(model: ModelConfig) -> str:
-    return "model-" + re.sub(r"[^A-Za-z0-9_.-]", "-", model.name)
+    return MODEL_DEPLOYMENT_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "-", model.name)
 
 
 def autoscaling_options(model: ModelConfig) -> dict[str, Any]:
@@ -65,7 +68,15 @@ def build_application(config: ClusterConfig, engine_cls: type = VLLMEngine) -> A
         max_ongoing_requests=ROUTER_MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_cpus": config.router.cpus},
     )
-    return router.bind(config, handles)
+    return router.bind(config, handles, ledger_application(config))
+
+
+def ledger_application(config: ClusterConfig) -> Application:
+    """The quota ledger all router replicas lease from: one replica, no reserved core (it only counts)."""
+    ledger = serve.deployment(LedgerReplica).options(
+        name=LEDGER_DEPLOYMENT, num_replicas=1, max_ongoing_requests=ROUTER_MAX_ONGOING_REQUESTS,
+        ray_actor_options={"num_cpus": 0})
+    return ledger.bind(config.router, served_model_names(config))
 
 
 def build_app(args: dict[str, Any]) -> Application:

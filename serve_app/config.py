@@ -24,6 +24,15 @@ class ClusterSettings(_Section):
                       pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)
 
 
+class AuthConfig(_Section):
+    keys_file: str | None = Field(
+        None, description="YAML file of API keys with their models and quotas (see docs/security.md); the "
+                          "environment variable LLMCLUSTER_KEYS_FILE names one when this is unset.")
+    public_paths: tuple[str, ...] = Field(
+        ("/health", "/ready", "/metrics"),
+        description="Paths answered without an API key (health checks and metrics scrapes).")
+
+
 class RouterConfig(_Section):
     host: str = Field("127.0.0.1", description="Address the OpenAI endpoint listens on (0.0.0.0 for all).")
     port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI endpoint.")
@@ -35,6 +44,11 @@ class RouterConfig(_Section):
     api_keys_env: str | None = Field(
         None, description="Name of an environment variable holding comma-separated API keys; unset means no auth.")
     request_timeout_s: float = Field(600.0, gt=0, description="Longest time one request may take end to end.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys, per-key models and quotas.")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413.")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest time a client may take to send its request body; slower ones get 408.")
 
 
 class ParallelismConfig(_Section):
@@ -77,6 +91,9 @@ class AutoscalingConfig(_Section):
         30.0, gt=0, description="Window over which in-flight requests are averaged for each scaling decision.")
     cold_start_timeout_s: float = Field(
         300.0, gt=0, description="How long a request to a model with no ready replica waits before a 503.")
+    max_queued_requests: int = Field(
+        512, ge=0, description="Requests one router replica lets wait for a replica of this model; past it "
+                               "the router answers at once: 429 when replicas are busy, 503 when scaling from zero.")
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:
@@ -86,6 +103,16 @@ class AutoscalingConfig(_Section):
         if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
             raise ValueError("autoscaling.initial_replicas must lie between min_replicas and max_replicas")
         return self
+
+
+class RequestLimitsConfig(_Section):
+    max_tokens: int | None = Field(
+        None, ge=1, description="Most tokens one request may ask to generate (max_tokens / "
+                                "max_completion_tokens); unset: up to the context length.")
+    clamp_max_tokens: bool = Field(
+        False, description="Lower a larger max_tokens to the cap instead of answering 400.")
+    max_n: int = Field(8, ge=1, description="Largest `n` (choices per request) accepted.")
+    max_best_of: int = Field(8, ge=1, description="Largest `best_of` (completions) accepted.")
 
 
 class ModelConfig(_Section):
@@ -101,6 +128,8 @@ class ModelConfig(_Section):
                                        description="Device, accelerator and node pool of one replica.")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig,
                                            description="Replica count bounds and scaling behaviour.")
+    limits: RequestLimitsConfig = Field(default_factory=RequestLimitsConfig,
+                                        description="Bounds on what one request may ask of this model.")
 
     @field_validator("engine")
     @classmethod

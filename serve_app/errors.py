@@ -29,3 +29,15 @@ def openai_error(status: int, message: str, *, param: str | None = None,
     if request_id:
         error["request_id"] = request_id
     return {"error": error}
+
+
+class ApiError(Exception):
+    """Raised anywhere on the router's request path; answered as an OpenAI error body with `status`."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.headers = headers or {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -17,6 +18,9 @@ from serve_app.vllm_adapter import EngineReply, EngineSpec, VLLMEngine
 logger = logging.getLogger(__name__)
 
 ENDPOINTS = ("chat", "completions")
+# vLLM writes compact JSON: these two marks find its final usage chunk without parsing every chunk.
+_USAGE_MARK = '"usage":{'
+_NO_CHOICES_MARK = '"choices":[]'
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,18 @@ class ReplyHead:
     body: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class ReplyEnd:
+    """Last item of a streamed reply: its token usage, for quotas. The router keeps it from the client."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
 def engine_spec(model: ModelConfig, model_path: str) -> EngineSpec:
     return EngineSpec(
         model_path=model_path,
@@ -46,6 +62,19 @@ def engine_spec(model: ModelConfig, model_path: str) -> EngineSpec:
         pipeline_parallel=model.parallelism.pipeline,
         distributed_backend=executor_backend(model),
     )
+
+
+def wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def usage_of(chunk: str) -> ReplyEnd:
+    try:
+        usage = json.loads(chunk.removeprefix("data: "))["usage"]
+        return ReplyEnd(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return ReplyEnd()
 
 
 class LLMServer:
@@ -65,15 +94,27 @@ class LLMServer:
         self._engine = await engine_cls.start(spec, placement_group=get_current_placement_group())
 
     async def generate(self, endpoint: str, body: dict[str, Any], request_id: str) -> AsyncIterator[Any]:
-        """Accepted, then a ReplyHead, then (when streaming) the SSE lines as the engine makes them."""
+        """Accepted, then a ReplyHead, then (when streaming) the SSE lines as the engine makes them and a ReplyEnd."""
         yield Accepted(self._engine.max_model_len)
         if endpoint not in ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r}")
+        client_wants_usage = wants_usage(body)
+        options = body.get("stream_options")
+        if body.get("stream") is True and not client_wants_usage and (options is None or isinstance(options, dict)):
+            # Quotas need the token count of every stream; the client gets the usage chunk only if it asked.
+            body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
         reply: EngineReply = await getattr(self._engine, endpoint)(body, request_id)
         yield ReplyHead(reply.status, streaming=reply.stream is not None, body=reply.body)
-        if reply.stream is not None:
-            async for chunk in reply.stream:
-                yield chunk
+        if reply.stream is None:
+            return
+        end = ReplyEnd()
+        async for chunk in reply.stream:
+            if _USAGE_MARK in chunk and _NO_CHOICES_MARK in chunk:  # the usage chunk vLLM sends last
+                end = usage_of(chunk)
+                if not client_wants_usage:
+                    continue
+            yield chunk
+        yield end
 
     def stats(self) -> dict[str, Any]:
         return {"model": self._model.name, "unfinished_requests": self._engine.unfinished_requests(),

@@ -1,29 +1,30 @@
-"""The OpenAI-compatible router: authenticates, finds the model's deployment and relays its reply."""
+"""The OpenAI-compatible router: authenticates, checks limits and quotas, finds the model and relays its reply."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import os
 import time
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.config import ClusterConfig, RouterConfig
-from serve_app.errors import openai_error
-from serve_app.llm_server import Accepted, ReplyHead
+from serve_app.admission import ModelQueue
+from serve_app.config import ClusterConfig, ModelConfig, RequestLimitsConfig, RouterConfig
+from serve_app.errors import ApiError, openai_error
+from serve_app.relay import relay
+from serve_app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware, new_request_id
+from serve_app.request_body import read_json_object
+from serve_app.request_limits import LimitViolation, apply_limits
+from serve_app.tenancy.keys import KeyStore, Tenant, load_key_store, served_model_names
+from serve_app.tenancy.limiter import estimate_prompt_tokens
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "x-request-id"
-COLD_START_RETRY_AFTER_S = 30
-
+# Headers with which Ray Serve's HTTP proxy lets a caller change its timeout and disconnect handling.
+PROXY_ONLY_HEADERS = ("x-request-timeout-seconds", "x-request-disconnect-disabled")
 
 @dataclass
 class ModelRoute:
@@ -37,6 +38,21 @@ class ModelRoute:
     cold_start_timeout_s: float
     max_model_len: int | None
     created: int
+    limits: RequestLimitsConfig = field(default_factory=RequestLimitsConfig)
+    queue: ModelQueue | None = None
+
+    def __post_init__(self) -> None:
+        if self.queue is None:
+            self.queue = ModelQueue(self.name, bound=512, scales_to_zero=False, idle_after_s=60)
+
+    @classmethod
+    def of(cls, model: ModelConfig, handle: Any, created: int) -> ModelRoute:
+        scaling = model.autoscaling
+        queue = ModelQueue(model.name, scaling.max_queued_requests, scales_to_zero=scaling.min_replicas == 0,
+                           idle_after_s=scaling.downscale_delay_s)
+        return cls(name=model.name, aliases=model.aliases, handle=handle,
+                   cold_start_timeout_s=scaling.cold_start_timeout_s, max_model_len=model.engine.get("max_model_len"),
+                   created=created, limits=model.limits, queue=queue)
 
 
 class ModelCatalog:
@@ -57,39 +73,78 @@ class ModelCatalog:
 def error_response(status: int, message: str, request_id: str, *, param: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     body = openai_error(status, message, param=param, request_id=request_id)
-    return JSONResponse(body, status_code=status, headers={REQUEST_ID_HEADER: request_id, **(headers or {})})
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
-def create_api(catalog: ModelCatalog, api_keys: frozenset[str] = frozenset()) -> FastAPI:
-    """The router's FastAPI app; every dependency is passed in, so tests can drive it with fakes."""
-    app = FastAPI(title="llmcluster", docs_url=None, redoc_url=None)
+def create_api(catalog: ModelCatalog, keys: KeyStore | None = None, gate: Gate | None = None,
+               settings: RouterConfig | None = None, assign_request_ids: bool = True) -> FastAPI:
+    """The router's FastAPI app; every dependency is passed in, so tests can drive it with fakes.
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next: Any) -> Response:
-        request.state.request_id = request.headers.get(REQUEST_ID_HEADER) or f"req-{uuid.uuid4().hex}"
-        if api_keys and request.url.path.startswith("/v1/") and _bearer(request) not in api_keys:
-            return error_response(401, "missing or invalid API key; send `Authorization: Bearer <key>`",
-                                  request.state.request_id)
-        return await call_next(request)
+    `assign_request_ids` is False behind Serve's proxy, which already gives each request its X-Request-Id."""
+    keys = keys or KeyStore({})
+    settings = settings or RouterConfig()
+    app = FastAPI(title="llmcluster", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    if assign_request_ids:
+        app.add_middleware(RequestIdMiddleware)
+
+    def authorize(request: Request) -> Tenant | None:
+        request.state.request_id = _request_id(request)
+        for header in PROXY_ONLY_HEADERS:
+            if header in request.headers:
+                # Serve's proxy obeys these from anyone (meant for its own HAProxy): a client could lift the
+                # request timeout or keep generating after it hangs up. Refusing ends the request at once.
+                raise ApiError(400, f"the {header} header is not accepted", param=header)
+        if keys.open or request.url.path in settings.auth.public_paths:
+            return None
+        tenant = keys.authenticate(_bearer(request))
+        if tenant is None:
+            raise ApiError(401, "missing or invalid API key; send `Authorization: Bearer <key>`")
+        return tenant
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health(request: Request) -> Response:
+        authorize(request)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card(name, route) for route in catalog.routes
-                                           for name in (route.name, *route.aliases)]}
+    async def list_models(request: Request) -> Response:
+        tenant = authorize(request)
+        cards = [_model_card(name, route) for route in catalog.routes if tenant is None or tenant.may_use(route.name)
+                 for name in (route.name, *route.aliases)]
+        return JSONResponse({"object": "list", "data": cards})
+
+    async def serve(endpoint: str, request: Request) -> Response:
+        tenant = authorize(request)
+        body = await read_json_object(request, settings.max_body_bytes, settings.body_timeout_s)
+        return await _admit_and_relay(catalog, gate, tenant, endpoint, body, request.state.request_id)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        return await _relay(catalog, "chat", request)
+        return await serve("chat", request)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        return await _relay(catalog, "completions", request)
+        return await serve("completions", request)
 
     return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error the app answers, its own or Starlette's (unknown path, wrong method), is an OpenAI body."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return error_response(exc.status, exc.message, _request_id(request), param=exc.param, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(exc.status_code, str(exc.detail), _request_id(request), headers=exc.headers)
+
+
+def _request_id(request: Request) -> str:
+    # Serve's proxy (or RequestIdMiddleware) has set the header: the client's id, or a new one.
+    return request.headers.get(REQUEST_ID_HEADER) or new_request_id()
 
 
 def _bearer(request: Request) -> str | None:
@@ -105,87 +160,66 @@ def _model_card(name: str, route: ModelRoute) -> dict[str, Any]:
     return card
 
 
-async def _relay(catalog: ModelCatalog, endpoint: str, request: Request) -> Response:
-    request_id = request.state.request_id
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return error_response(400, f"request body is not valid JSON: {exc}", request_id)
-    if not isinstance(body, dict):
-        return error_response(400, "request body must be a JSON object", request_id)
+async def _admit_and_relay(catalog: ModelCatalog, gate: Gate | None, tenant: Tenant | None, endpoint: str,
+                           body: dict[str, Any], request_id: str) -> Response:
+    route = _route_for(catalog, tenant, body)
+    limited = apply_limits(endpoint, body, route.limits, route.name)
+    if isinstance(limited, LimitViolation):
+        raise ApiError(400, limited.message, param=limited.param)
+    refusal = route.queue.refusal()
+    if refusal:
+        raise ApiError(refusal.status, refusal.message, headers={"Retry-After": str(refusal.retry_after_s)})
+    admission = None
+    if gate is not None and tenant is not None:
+        admission = await gate.admit(tenant.name, estimate_prompt_tokens(endpoint, limited))
+        if not admission.admitted:
+            raise ApiError(429, f"API key {tenant.name!r} is over its {admission.limit} limit; retry later",
+                           headers={**admission.headers, "Retry-After": str(admission.retry_after_s)})
+    logger.debug("request %s: %s for model %s (key %s)", request_id, endpoint, route.name,
+                 tenant.name if tenant else "-")
+    return await relay(route, endpoint, limited, request_id, route.queue.enter(),
+                       admission.headers if admission else {}, admission.finish if admission else _nothing)
+
+
+def _route_for(catalog: ModelCatalog, tenant: Tenant | None, body: dict[str, Any]) -> ModelRoute:
     model = body.get("model")
     if not isinstance(model, str):
-        return error_response(400, "`model` is required and must be a string", request_id, param="model")
+        raise ApiError(400, "`model` is required and must be a string", param="model")
     route = catalog.find(model)
+    allowed = [n for r in catalog.routes if tenant is None or tenant.may_use(r.name) for n in (r.name, *r.aliases)]
     if route is None:
-        return error_response(404, f"model {model!r} does not exist; served models: "
-                                   f"{', '.join(catalog.names)}", request_id, param="model")
-    return await _call_model(route, endpoint, body, request_id)
+        # Only the names this key may use: a key must not learn what other tenants are served.
+        raise ApiError(404, f"model {model!r} does not exist; served models: {', '.join(allowed)}", param="model")
+    if tenant is not None and not tenant.may_use(route.name):
+        raise ApiError(403, f"API key {tenant.name!r} may not use model {model!r}; its models: "
+                            f"{', '.join(allowed) or 'none'}", param="model")
+    return route
 
 
-async def _call_model(route: ModelRoute, endpoint: str, body: dict[str, Any], request_id: str) -> Response:
-    replies = route.handle.options(stream=True).generate.remote(endpoint, body, request_id)
-    try:
-        # The first item only says a replica took the request, so this bounds the wait for a cold model.
-        accepted: Accepted = await asyncio.wait_for(anext(replies), timeout=route.cold_start_timeout_s)
-        head: ReplyHead = await anext(replies)
-    except TimeoutError:
-        replies.cancel()
-        return error_response(503, f"model {route.name!r} is starting; retry shortly", request_id,
-                              headers={"Retry-After": str(COLD_START_RETRY_AFTER_S)})
-    except asyncio.CancelledError:
-        replies.cancel()
-        raise
-    except Exception:
-        logger.exception("request %s to model %s failed", request_id, route.name)
-        return error_response(503, f"model {route.name!r} is unavailable; retry shortly", request_id,
-                              headers={"Retry-After": "5"})
-    if route.max_model_len is None:
-        route.max_model_len = accepted.max_model_len
-    headers = {REQUEST_ID_HEADER: request_id}
-    if not head.streaming:
-        if head.status >= 400 and isinstance(head.body, dict) and isinstance(head.body.get("error"), dict):
-            head.body["error"].setdefault("request_id", request_id)
-        return JSONResponse(head.body, status_code=head.status, headers=headers)
-    return StreamingResponse(_relay_stream(replies, route.name, request_id), media_type="text/event-stream",
-                             headers=headers)
+def _nothing(_: int | None) -> None:
+    return None
 
 
-async def _relay_stream(replies: Any, model: str, request_id: str) -> AsyncIterator[str]:
-    try:
-        async for chunk in replies:
-            yield chunk
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        # Headers are gone already: the error travels as a final SSE event, so no stream ends silently.
-        logger.exception("stream %s from model %s broke", request_id, model)
-        error = openai_error(503, f"model {model!r} failed mid-stream; retry", request_id=request_id)
-        yield f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n"
-    finally:
-        # A client that hangs up cancels this generator: pass that on so the engine aborts the request.
-        replies.cancel()
+class Gate(Protocol):
+    """The per-key quota limiter (serve_app.tenancy.limiter.QuotaGate)."""
 
-
-def load_api_keys(config: RouterConfig) -> frozenset[str]:
-    if not config.api_keys_env:
-        return frozenset()
-    keys = frozenset(k.strip() for k in os.environ.get(config.api_keys_env, "").split(",") if k.strip())
-    if not keys:
-        raise RuntimeError(f"router.api_keys_env names {config.api_keys_env}, which holds no keys")
-    return keys
+    async def admit(self, key_name: str, prompt_tokens: int) -> Any: ...
 
 
 class OpenAIRouter:
     """Serve ingress replica; `handles` maps each model's name to its deployment handle."""
 
-    def __init__(self, config: ClusterConfig, handles: dict[str, Any]) -> None:
+    def __init__(self, config: ClusterConfig, handles: dict[str, Any], ledger: Any) -> None:
+        from serve_app.tenancy.quota_deployment import quota_gate
+
         created = int(time.time())
-        routes = [ModelRoute(name=m.name, aliases=m.aliases, handle=handles[m.name],
-                             cold_start_timeout_s=m.autoscaling.cold_start_timeout_s,
-                             max_model_len=m.engine.get("max_model_len"), created=created)
-                  for m in config.models]
-        self._app = create_api(ModelCatalog(routes), load_api_keys(config.router))
+        routes = [ModelRoute.of(model, handles[model.name], created) for model in config.models]
+        keys = load_key_store(config.router, served_model_names(config))
+        if keys.open:
+            logger.warning("no API keys configured: the API is open to anyone who reaches port %d",
+                           config.router.port)
+        gate = quota_gate(keys, ledger, config.router.replicas)
+        self._app = create_api(ModelCatalog(routes), keys, gate, config.router, assign_request_ids=False)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self._app

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve_app.llm_server import Accepted, ReplyHead
+from serve_app.llm_server import Accepted, ReplyEnd, ReplyHead
 
 
 class FakeReplies:
@@ -63,11 +63,13 @@ def echo_script(words: list[str]) -> Callable[[str, dict[str, Any]], AsyncIterat
 
     async def script(endpoint: str, body: dict[str, Any]) -> AsyncIterator[Any]:
         if not body.get("stream"):
-            yield ReplyHead(200, streaming=False, body={"model": body["model"], "text": " ".join(words)})
+            usage = {"prompt_tokens": 10, "completion_tokens": len(words), "total_tokens": 10 + len(words)}
+            yield ReplyHead(200, streaming=False, body={"model": body["model"], "text": " ".join(words), "usage": usage})
             return
         yield ReplyHead(200, streaming=True)
         for word in words:
             yield f"data: {json.dumps({'delta': word})}\n\n"
         yield "data: [DONE]\n\n"
+        yield ReplyEnd(prompt_tokens=10, completion_tokens=len(words))
 
     return script

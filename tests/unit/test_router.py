@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from serve_app.admission import ModelQueue
+from serve_app.config import RequestLimitsConfig, RouterConfig
 from serve_app.llm_server import ReplyHead
 from serve_app.router import ModelCatalog, ModelRoute, create_api
+from serve_app.tenancy.keys import KeyStore, Quota, Tenant, digest_of
 from tests.fakes import FakeModelHandle, echo_script
 
 
@@ -147,18 +150,157 @@ def test_failure_mid_stream_ends_with_an_error_event() -> None:
     assert events[-1] == "[DONE]"
 
 
-def test_api_keys_are_enforced(small: FakeModelHandle) -> None:
-    api = TestClient(create_api(ModelCatalog([route("small", small)]), api_keys=frozenset({"sk-good"})))
+def keyed(small: FakeModelHandle, large: FakeModelHandle, **settings: Any) -> TestClient:
+    tenants = {digest_of("sk-good"): Tenant("team-small", frozenset({"small"}), Quota()),
+               digest_of("sk-all"): Tenant("ops", None, Quota())}
+    catalog = ModelCatalog([route("small", small, aliases=("default",)), route("large", large)])
+    return TestClient(create_api(catalog, KeyStore(tenants), settings=RouterConfig(**settings)))
+
+
+def as_key(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def test_api_keys_are_enforced(small: FakeModelHandle, large: FakeModelHandle) -> None:
+    api = keyed(small, large)
     assert chat(api, "small").status_code == 401
-    bad = api.post("/v1/chat/completions", json={"model": "small"}, headers={"authorization": "Bearer sk-bad"})
+    bad = api.post("/v1/chat/completions", json={"model": "small"}, headers=as_key("sk-bad"))
     assert bad.status_code == 401 and bad.json()["error"]["type"] == "AuthenticationError"
-    good = api.post("/v1/chat/completions", json={"model": "small", "messages": []},
-                    headers={"authorization": "Bearer sk-good"})
+    assert "sk-bad" not in bad.text
+    good = api.post("/v1/chat/completions", json={"model": "small", "messages": []}, headers=as_key("sk-good"))
     assert good.status_code == 200
     assert api.get("/health").status_code == 200  # probes need no key
+
+
+def test_health_needs_a_key_when_not_public(small: FakeModelHandle, large: FakeModelHandle) -> None:
+    api = keyed(small, large, auth={"public_paths": []})
+    assert api.get("/health").status_code == 401
+    assert api.get("/health", headers=as_key("sk-all")).status_code == 200
+
+
+def test_model_outside_the_keys_models_is_403(small: FakeModelHandle, large: FakeModelHandle) -> None:
+    api = keyed(small, large)
+    response = api.post("/v1/chat/completions", json={"model": "large", "messages": []}, headers=as_key("sk-good"))
+    assert response.status_code == 403
+    error = response.json()["error"]
+    assert error["type"] == "PermissionDeniedError" and "team-small" in error["message"]
+    assert "sk-good" not in response.text and large.calls == []
+    by_alias = api.post("/v1/chat/completions", json={"model": "default", "messages": []}, headers=as_key("sk-good"))
+    assert by_alias.status_code == 200
+
+
+def test_models_list_and_404_show_only_the_keys_models(small: FakeModelHandle, large: FakeModelHandle) -> None:
+    api = keyed(small, large)
+    assert {c["id"] for c in api.get("/v1/models", headers=as_key("sk-good")).json()["data"]} == {"small", "default"}
+    assert {c["id"] for c in api.get("/v1/models", headers=as_key("sk-all")).json()["data"]} == {
+        "small", "default", "large"}
+    missing = api.post("/v1/chat/completions", json={"model": "nope"}, headers=as_key("sk-good"))
+    assert missing.status_code == 404 and "large" not in missing.json()["error"]["message"]
+
+
+def test_body_over_the_limit_is_413(client: TestClient, small: FakeModelHandle, large: FakeModelHandle) -> None:
+    api = keyed(small, large, max_body_bytes=2048)
+    body = {"model": "small", "messages": [{"role": "user", "content": "x" * 4096}]}
+    response = api.post("/v1/chat/completions", json=body, headers=as_key("sk-good"))
+    assert response.status_code == 413 and "max_body_bytes" in response.json()["error"]["message"]
+    assert small.calls == []
+
+
+@pytest.mark.parametrize("header", ["x-request-timeout-seconds", "x-request-disconnect-disabled"])
+def test_headers_that_steer_serves_proxy_are_refused(client: TestClient, header: str) -> None:
+    response = client.post("/v1/chat/completions", json={"model": "small", "messages": []}, headers={header: "0"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == header
+
+
+def test_unknown_path_and_wrong_method_are_openai_errors(client: TestClient) -> None:
+    assert client.get("/v1/nothing").json()["error"]["code"] == 404
+    wrong = client.get("/v1/chat/completions")
+    assert wrong.status_code == 405 and wrong.json()["error"]["type"]
+
+
+def test_max_tokens_cap_is_applied_before_the_replica(small: FakeModelHandle) -> None:
+    capped = ModelRoute(name="small", aliases=(), handle=small, cold_start_timeout_s=5, max_model_len=None, created=1,
+                        limits=RequestLimitsConfig(max_tokens=16))
+    api = TestClient(create_api(ModelCatalog([capped])))
+    refused = chat(api, "small", max_tokens=17)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_tokens"
+    assert chat(api, "small").status_code == 200
+    assert small.calls[-1][1]["max_completion_tokens"] == 16
+
+
+def test_queue_past_its_bound_answers_at_once(small: FakeModelHandle) -> None:
+    full = ModelQueue("small", bound=1, scales_to_zero=False, idle_after_s=60)
+    full.enter()  # one request already waits for a replica
+    bounded = ModelRoute(name="small", aliases=(), handle=small, cold_start_timeout_s=5, max_model_len=None,
+                         created=1, queue=full)
+    response = chat(TestClient(create_api(ModelCatalog([bounded]))), "small")
+    assert response.status_code == 429 and int(response.headers["retry-after"]) >= 1
+    assert small.calls == []
+
+
+def test_queue_slots_are_freed_after_json_streams_and_failures(small: FakeModelHandle) -> None:
+    queue = ModelQueue("small", bound=4, scales_to_zero=False, idle_after_s=60)
+    api = TestClient(create_api(ModelCatalog([ModelRoute(name="small", aliases=(), handle=small,
+                                                         cold_start_timeout_s=5, max_model_len=None, created=1,
+                                                         queue=queue)])))
+    chat(api, "small")
+    with api.stream("POST", "/v1/chat/completions", json={"model": "small", "messages": [], "stream": True}) as r:
+        list(r.iter_lines())
+    assert (queue.waiting, queue.serving) == (0, 0)
 
 
 def test_client_request_id_is_echoed(client: TestClient) -> None:
     response = client.post("/v1/chat/completions", json={"model": "small", "messages": []},
                            headers={"x-request-id": "trace-123"})
     assert response.headers["x-request-id"] == "trace-123"
+
+
+class RecordingGate:
+    """A quota gate that admits `budget` requests, then refuses; records what each admitted request used."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.finished: list[int | None] = []
+
+    async def admit(self, key_name: str, prompt_tokens: int) -> Any:
+        gate = self
+
+        class Admission:
+            admitted = gate.budget > 0
+            limit = None if admitted else "requests"
+            retry_after_s = None if admitted else 7
+            headers = {"x-ratelimit-limit-requests": "2"}
+
+            def finish(self, total_tokens: int | None) -> None:
+                gate.finished.append(total_tokens)
+
+        self.budget -= 1
+        return Admission()
+
+
+def test_quota_settles_usage_once_per_request_and_refuses_past_it(small: FakeModelHandle) -> None:
+    gate = RecordingGate(budget=2)
+    tenants = {digest_of("sk-q"): Tenant("team-q", None, Quota(rpm=2))}
+    api = TestClient(create_api(ModelCatalog([route("small", small)]), KeyStore(tenants), gate))
+    ok = api.post("/v1/chat/completions", json={"model": "small", "messages": []}, headers=as_key("sk-q"))
+    assert ok.status_code == 200 and ok.headers["x-ratelimit-limit-requests"] == "2"
+    with api.stream("POST", "/v1/chat/completions", json={"model": "small", "messages": [], "stream": True},
+                    headers=as_key("sk-q")) as streamed:
+        lines = [line for line in streamed.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"  # the usage item never reaches the client
+    refused = api.post("/v1/chat/completions", json={"model": "small", "messages": []}, headers=as_key("sk-q"))
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "7"
+    assert "team-q" in refused.json()["error"]["message"] and "requests" in refused.json()["error"]["message"]
+    assert gate.finished == [12, 12]
+
+
+def test_quota_is_settled_when_the_replica_fails(small: FakeModelHandle) -> None:
+    async def crashes(endpoint: str, body: dict[str, Any]) -> AsyncIterator[Any]:
+        raise RuntimeError("replica died")
+        yield  # pragma: no cover
+
+    gate = RecordingGate(budget=5)
+    tenants = {digest_of("sk-q"): Tenant("team-q", None, Quota(max_concurrent=1))}
+    api = TestClient(create_api(ModelCatalog([route("m", FakeModelHandle(crashes))]), KeyStore(tenants), gate))
+    response = api.post("/v1/chat/completions", json={"model": "m", "messages": []}, headers=as_key("sk-q"))
+    assert response.status_code == 503 and gate.finished == [None]

@@ -1,0 +1,40 @@
+"""The local Ray cluster of `llmcluster serve` and `llmcluster batch` listens on loopback only."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import psutil
+
+from cluster import ray_session
+
+
+def exposed_listeners() -> list[str]:
+    """Listening TCP sockets of this process and its descendants (Ray's) on anything but loopback."""
+    found = []
+    me = psutil.Process()
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            connections = process.net_connections(kind="tcp")
+            name = process.name()
+        except psutil.Error:  # gone meanwhile
+            continue
+        for conn in connections:
+            if conn.status != psutil.CONN_LISTEN:
+                continue
+            address = ipaddress.ip_address(conn.laddr.ip.split("%")[0])
+            mapped = getattr(address, "ipv4_mapped", None)
+            if not (mapped or address).is_loopback:
+                found.append(f"{name} {conn.laddr.ip}:{conn.laddr.port}")
+    return found
+
+
+def test_local_ray_listens_on_loopback_only() -> None:
+    # Serve replicas are left out: each opens an inter-deployment gRPC server on [::] that Ray hard-codes
+    # (docs/security.md); Ray's token auth guards it.
+    gcs_address = ray_session.start_local_ray()
+    try:
+        assert gcs_address.startswith("127.0.0.1:")
+        assert exposed_listeners() == []
+    finally:
+        ray_session.leave()
