@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ ENGINE = {"dtype": "float32", "max_model_len": 2048, "enforce_eager": True, "kv_
 # The rpm key's quota; the test of quotas across the two router replicas counts its successes.
 RPM = 30
 QUEUE_BOUND = 2
+BODY_TIMEOUT_S = 3
 MAX_ONGOING = 2
 
 
@@ -39,7 +41,8 @@ def keys_file() -> dict:
 def cluster_config(keys_path: Path) -> dict:
     return {
         "cluster": {"name": "tenants"},
-        "router": {"cpus": 0.25, "replicas": 2, "auth": {"keys_file": str(keys_path)}},
+        "router": {"cpus": 0.25, "replicas": 2, "auth": {"keys_file": str(keys_path)},
+                   "body_timeout_s": BODY_TIMEOUT_S},
         "models": [
             {"name": "smollm2", "aliases": ["default"], "source": "builtin:smollm2-135m-instruct", "engine": ENGINE,
              "resources": {"device": "cpu"}, "limits": {"max_tokens": 256},
@@ -219,3 +222,16 @@ def test_headers_that_would_lift_serve_timeouts_are_refused(tenants: Server, hea
                           headers={"authorization": f"Bearer {KEYS['ops']}", header: value},
                           json={"model": "smollm2", "messages": QUESTION, "max_tokens": 4})
     assert response.status_code == 400 and response.json()["error"]["param"] == header
+
+
+def test_a_body_that_trickles_in_is_cut_off_with_408(tenants: Server) -> None:
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEYS['ops']}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"model\": ")
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", tenants.port), timeout=BODY_TIMEOUT_S + 30) as conn:
+        conn.sendall(head.encode())  # and then nothing more: the rest of the body never comes
+        reply = ""
+        while '"error"' not in reply and (chunk := conn.recv(65536)):
+            reply += chunk.decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 408"), reply[:200]
+    assert '"error"' in reply and time.monotonic() - started < BODY_TIMEOUT_S + 10
