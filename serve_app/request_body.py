@@ -22,7 +22,7 @@ async def read_json_object(request: Request, max_bytes: int, timeout_s: float) -
         raise ApiError(408, f"the request body did not arrive within {timeout_s:g}s") from None
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # bad JSON, bad UTF-8, or an integer past Python's 4300-digit limit
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise ApiError(400, "request body is nested too deeply") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -118,10 +118,14 @@ class VLLMEngine:
 
         try:
             request = request_type.model_validate(body)
+        except Exception as exc:  # only the body is at fault here: see _invalid_request
+            return EngineReply(400, _invalid_request(exc))
+        if (name := _field_with_huge_int(body, request_type.model_fields)) is not None:
+            return EngineReply(400, openai_error(400, f"invalid request: {name}: an integer outside the 64-bit range",
+                                                 param=name))
+        try:
             request.request_id = request_id
             result = await create(request, raw_request=None)
-        except ValidationError as exc:
-            return EngineReply(400, openai_error(400, _validation_message(exc), param=_validation_param(exc)))
         except Exception as exc:  # vLLM raises for bad input as well as engine faults; its mapping tells which
             result = create_error_response(exc)
         if isinstance(result, ErrorResponse):
@@ -171,6 +175,37 @@ def _engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
     if spec.distributed_backend:
         kwargs["distributed_executor_backend"] = spec.distributed_backend
     return kwargs
+
+
+def _invalid_request(exc: Exception) -> dict[str, Any]:
+    """The 400 body for a request vLLM's models refuse.
+
+    Some of vLLM's "before" validators read a field before its type is checked (`structured_outputs: 5` raises
+    AttributeError in check_structured_outputs_count), and pydantic lets such errors through as they are:
+    raised while parsing the body, they are still the client's fault, never a 500."""
+    if isinstance(exc, ValidationError):
+        return openai_error(400, _validation_message(exc), param=_validation_param(exc))
+    return openai_error(400, f"invalid request: {exc}")
+
+
+# vLLM hands each request to its engine core as msgpack, which carries no integer outside int64/uint64: a larger
+# one in a field vLLM leaves unbounded (stream_interval, for one) fails there, once the reply has begun, as a 500.
+_MSGPACK_INTS = range(-(2**63), 2**64)
+
+
+def _field_with_huge_int(body: dict[str, Any], fields: Iterable[str]) -> str | None:
+    """The first of vLLM's request fields in `body` that holds an integer msgpack cannot carry, if any."""
+    for name in fields:
+        pending = [body.get(name)]
+        while pending:  # a loop, not recursion: a field typed dict[str, Any] may nest deeply
+            value = pending.pop()
+            if isinstance(value, dict):
+                pending.extend(value.values())
+            elif isinstance(value, list):
+                pending.extend(value)
+            elif isinstance(value, int) and value not in _MSGPACK_INTS:
+                return name
+    return None
 
 
 def _validation_message(exc: ValidationError) -> str:
