@@ -45,6 +45,9 @@ class RouterConfig(_Section):
         None, description="Name of an environment variable holding comma-separated API keys; unset means no auth.")
     request_timeout_s: float = Field(600.0, gt=0, description="Longest time one request may take end to end.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys, per-key models and quotas.")
+    max_attempts: int = Field(
+        3, ge=1, description="Replicas one request may be tried on when a replica fails (the first included); "
+                             "a stream broken mid-way continues on another replica within the same budget.")
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413.")
     body_timeout_s: float = Field(

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve_app.admission import ModelQueue
 from serve_app.config import ClusterConfig, ModelConfig, RequestLimitsConfig, RouterConfig
 from serve_app.errors import ApiError, openai_error
-from serve_app.relay import relay
+from serve_app.relay import Call, relay
 from serve_app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware, new_request_id
 from serve_app.request_body import read_json_object
 from serve_app.request_limits import LimitViolation, apply_limits
@@ -117,7 +117,7 @@ def create_api(catalog: ModelCatalog, keys: KeyStore | None = None, gate: Gate |
     async def serve(endpoint: str, request: Request) -> Response:
         tenant = authorize(request)
         body = await read_json_object(request, settings.max_body_bytes, settings.body_timeout_s)
-        return await _admit_and_relay(catalog, gate, tenant, endpoint, body, request.state.request_id)
+        return await _admit_and_relay(catalog, gate, tenant, endpoint, body, request.state.request_id, settings)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -161,7 +161,7 @@ def _model_card(name: str, route: ModelRoute) -> dict[str, Any]:
 
 
 async def _admit_and_relay(catalog: ModelCatalog, gate: Gate | None, tenant: Tenant | None, endpoint: str,
-                           body: dict[str, Any], request_id: str) -> Response:
+                           body: dict[str, Any], request_id: str, settings: RouterConfig) -> Response:
     route = _route_for(catalog, tenant, body)
     limited = apply_limits(endpoint, body, route.limits, route.name)
     if isinstance(limited, LimitViolation):
@@ -177,8 +177,10 @@ async def _admit_and_relay(catalog: ModelCatalog, gate: Gate | None, tenant: Ten
                            headers={**admission.headers, "Retry-After": str(admission.retry_after_s)})
     logger.debug("request %s: %s for model %s (key %s)", request_id, endpoint, route.name,
                  tenant.name if tenant else "-")
-    return await relay(route, endpoint, limited, request_id, route.queue.enter(),
-                       admission.headers if admission else {}, admission.finish if admission else _nothing)
+    call = Call(route, endpoint, limited, request_id, settings.max_attempts,
+                deadline=time.monotonic() + settings.request_timeout_s)
+    return await relay(call, route.queue.enter(), admission.headers if admission else {},
+                       admission.finish if admission else _nothing)
 
 
 def _route_for(catalog: ModelCatalog, tenant: Tenant | None, body: dict[str, Any]) -> ModelRoute:

@@ -136,17 +136,19 @@ def test_replica_failure_before_reply_is_503() -> None:
     assert response.status_code == 503 and response.json()["error"]["type"] == "ServiceUnavailableError"
 
 
-def test_failure_mid_stream_ends_with_an_error_event() -> None:
+def test_failure_mid_stream_ends_with_an_error_event_once_attempts_run_out() -> None:
     async def breaks(endpoint: str, body: dict[str, Any]) -> AsyncIterator[Any]:
         yield ReplyHead(200, streaming=True)
         yield 'data: {"delta": "partial"}\n\n'
         raise RuntimeError("replica died")
 
-    api = TestClient(create_api(ModelCatalog([route("m", FakeModelHandle(breaks))])))
+    handle = FakeModelHandle(breaks)
+    api = TestClient(create_api(ModelCatalog([route("m", handle)])))
     with api.stream("POST", "/v1/chat/completions", json={"model": "m", "messages": [], "stream": True}) as r:
         events = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
+    assert len(handle.calls) == 3  # router.max_attempts: the first replica, then two continuations
     assert events[0] == '{"delta": "partial"}'
-    assert json.loads(events[1])["error"]["code"] == 503
+    assert json.loads(events[-2])["error"]["code"] == 503
     assert events[-1] == "[DONE]"
 
 
