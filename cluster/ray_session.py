@@ -88,6 +88,10 @@ def _pin_node_ip_to_loopback() -> None:
 def join_ray(address: str, auth_mode: str | None = None) -> None:
     if auth_mode and "RAY_AUTH_MODE" not in os.environ:
         os.environ["RAY_AUTH_MODE"] = auth_mode  # read once, when ray is first imported
+    if address.partition(":")[0] in (LOOPBACK, "localhost"):
+        # A cluster on loopback is one `llmcluster serve` started: unpinned, ray.init would look for it on
+        # the machine's outward address, where nothing listens, and wait minutes before giving up.
+        _pin_node_ip_to_loopback()
     import ray
 
     ray.init(address=address, configure_logging=False, log_to_driver=False)

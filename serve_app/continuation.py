@@ -75,6 +75,9 @@ def _remaining_tokens(body: dict[str, Any], used: int) -> dict[str, int] | None:
             if value - used <= 0:
                 return None
             rest[name] = value - used
+    least = body.get("min_tokens")
+    if isinstance(least, int) and not isinstance(least, bool) and least > 0:
+        rest["min_tokens"] = max(0, least - used)  # what the client already has counts towards its minimum
     return rest
 
 

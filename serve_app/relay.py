@@ -182,8 +182,8 @@ class RelayedStream(StreamingResponse):
         if not head.streaming:
             return None, self._error_event(f"model {call.route.name!r} could not continue the stream: "
                                            f"{json.dumps(head.body)[:300]}")
-        logger.info("stream %s of model %s continues on another replica after %d chunks",
-                    call.request_id, call.route.name, progress.chunks)
+        logger.warning("stream %s of model %s continues on another replica after %d chunks",
+                       call.request_id, call.route.name, progress.chunks)
         return StreamSplice(progress.stream_id), None
 
     def _error_event(self, message: str) -> str:

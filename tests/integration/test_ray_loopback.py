@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import subprocess
+import sys
+import time
 
 import psutil
 
 from cluster import ray_session
+from tests.conftest import REPO_ROOT
 
 
 def exposed_listeners() -> list[str]:
@@ -36,5 +41,21 @@ def test_local_ray_listens_on_loopback_only() -> None:
     try:
         assert gcs_address.startswith("127.0.0.1:")
         assert exposed_listeners() == []
+    finally:
+        ray_session.leave()
+
+
+def test_another_process_joins_the_loopback_cluster_at_once() -> None:
+    # What `llmcluster status` and `shutdown` do: a new driver that must find the cluster on loopback too.
+    gcs_address = ray_session.start_local_ray()
+    join = ("from cluster.ray_session import join_ray; import ray; "
+            f"join_ray({gcs_address!r}, {os.environ.get('RAY_AUTH_MODE', 'token')!r}); "
+            "print(int(ray.cluster_resources()['CPU']))")
+    try:
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-c", join], capture_output=True, text=True, timeout=120,
+                                cwd=REPO_ROOT)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert time.monotonic() - started < 30, "a joining driver should not wait for a timeout"
     finally:
         ray_session.leave()

@@ -130,3 +130,13 @@ def test_a_stream_that_cannot_be_continued_ends_with_an_error_event() -> None:
     error = json.loads(events[-2])["error"]
     assert "n > 1" in error["message"] and events[-1] == "[DONE]"
     assert len(handle.calls) == 1
+
+
+def test_token_bounds_of_a_continuation_count_what_was_sent() -> None:
+    from serve_app.continuation import SentSoFar, continuation_body
+
+    body = {"model": "m", "prompt": "x", "max_tokens": 50, "min_tokens": 20}
+    assert continuation_body("completions", body, SentSoFar("id", " y", 30)) == {
+        "model": "m", "prompt": "x y", "max_tokens": 20, "min_tokens": 0}
+    exhausted = continuation_body("completions", body, SentSoFar("id", " y", 50))
+    assert "all its tokens" in exhausted.reason
