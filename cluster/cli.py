@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import signal
-import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from cluster import batch_command
 from cluster import keys_command
 from cluster import plan_command
 from cluster import ray_session
 from cluster import render_command
+from cluster import status_command
 from cluster.console import console, fail, warn
 from serve_app.config import ClusterConfig, ConfigError, load_config
+from serve_app.log_setup import LogFormat, configure_logging
+from serve_app.tracing import exporter_env
 from serve_app.tenancy.keys import KeyStore, KeysFileError, load_key_store, pin_keys_file, served_model_names
 
 app = typer.Typer(help="An OpenAI-compatible LLM serving cluster on Ray.", no_args_is_help=True,
@@ -31,8 +29,6 @@ DEFAULT_CONFIG = Path("configs/local.yaml")
 ConfigArg = Annotated[Path, typer.Argument(help="Cluster config (YAML).")]
 AddressOption = Annotated[Optional[str], typer.Option(
     "--address", help="Ray cluster to use (default: RAY_ADDRESS, else the one `llmcluster serve` started).")]
-# How often the foreground `serve` checks that its application still exists.
-WATCH_INTERVAL_S = 2.0
 logger = logging.getLogger(__name__)
 
 
@@ -53,8 +49,7 @@ def _load_keys(cluster: ClusterConfig) -> KeyStore:
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("text", logging.DEBUG if verbose else logging.INFO)
 
 
 @app.command()
@@ -81,48 +76,57 @@ def serve(
     address: AddressOption = None,
     port: Annotated[Optional[int], typer.Option(help="Override router.port.")] = None,
     detach: Annotated[bool, typer.Option(help="Deploy and return instead of staying in the foreground.")] = False,
+    log_format: Annotated[Optional[LogFormat], typer.Option(help="Override logging.format: text or json.")] = None,
 ) -> None:
-    """Deploy CONFIG on a local Ray cluster (or the one at --address) and serve until Ctrl-C."""
-    cluster = _serving_config(config, port)
-    from cluster.deploy import base_url, deploy, remove
+    """Deploy CONFIG on a local Ray cluster (or the one at --address) and serve until Ctrl-C or SIGTERM.
+
+    On either, the application is deleted, its replicas finishing their in-flight requests (up to each model's
+    drain_timeout_s), and a Ray cluster this command started is taken down; it then exits 0."""
+    cluster = _serving_config(config, port, log_format)
+    from cluster import foreground
+    from cluster.deploy import base_url, deploy
+    from serve_app.builder import longest_drain_s
     from serve_app.model_source import resolve_source
 
     address = address or os.environ.get("RAY_ADDRESS")
     if detach and not address:
         fail("--detach needs a running Ray cluster (--address or RAY_ADDRESS)")
+    local_gcs = None
     if address:
         ray_session.join_ray(address)
     else:
         for model in cluster.models:  # convert builtin models up front: a failure shows here, not in a replica
             resolve_source(model.source)
-        address = ray_session.start_local_ray()
-    stop = _stop_on_signals()  # after ray.init, which installs a SIGTERM handler of its own that exits at once
+        os.environ.update(exporter_env(cluster.router.tracing))  # Ray's processes (Serve's proxy) inherit it
+        address = local_gcs = ray_session.start_local_ray()
     url = base_url(cluster)
-    try:
-        console.print(f"deploying {cluster.cluster.name} ...")
-        started = time.monotonic()
+    console.print(f"deploying {cluster.cluster.name} ...")
+    started = time.monotonic()
+    if detach:
         deploy(cluster)
         _print_ready(cluster, url, time.monotonic() - started)
-        if detach:
-            return
-        ray_session.record_local_cluster(ray_session.LocalCluster(
-            address, cluster.cluster.name, url, os.getpid(), os.environ.get("RAY_AUTH_MODE")))
-        _wait_until_stopped(stop, cluster.cluster.name)
+        return
+    stop = foreground.stop_on_signals()  # after ray.init, which installs a SIGTERM handler of its own
+    try:
+        if foreground.deploy_until_stopped(cluster, stop):
+            _print_ready(cluster, url, time.monotonic() - started)
+            ray_session.record_local_cluster(ray_session.LocalCluster(
+                address, cluster.cluster.name, url, os.getpid(), os.environ.get("RAY_AUTH_MODE")))
+            foreground.serve_until_stopped(stop, cluster.cluster.name)
     finally:
-        if not detach:
-            console.print("shutting down ...")
-            remove(cluster.cluster.name)
-            ray_session.forget_local_cluster()
-            ray_session.leave()
+        console.print("shutting down ...")
+        foreground.stop_serving(cluster.cluster.name, longest_drain_s(cluster), local_gcs)
 
 
-def _serving_config(path: Path, port: Optional[int]) -> ClusterConfig:
+def _serving_config(path: Path, port: Optional[int], log_format: Optional[LogFormat] = None) -> ClusterConfig:
     """The config to deploy, its API keys checked: a bad keys file stops `serve` before Ray starts."""
     cluster = _load(path)
     router = pin_keys_file(cluster.router)
     if port is not None:
         router = router.model_copy(update={"port": port})
-    cluster = cluster.model_copy(update={"router": router})
+    logs = cluster.logging.model_copy(update={"format": log_format.value}) if log_format else cluster.logging
+    cluster = cluster.model_copy(update={"router": router, "logging": logs})
+    configure_logging(logs.format, logging.getLogger().level)  # this process logs as its replicas will
     if _load_keys(cluster).open:
         logger.warning("no API keys configured (router.auth.keys_file, $LLMCLUSTER_KEYS_FILE or "
                        "router.api_keys_env): the API is open, no key required")
@@ -137,54 +141,10 @@ def _print_ready(cluster: ClusterConfig, url: str, seconds: float) -> None:
     console.print("Ctrl-C to stop.")
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop
-
-
-def _wait_until_stopped(stop: threading.Event, app_name: str) -> None:
-    from ray import serve
-
-    while not stop.wait(WATCH_INTERVAL_S):
-        if app_name not in serve.status().applications:
-            console.print(f"application {app_name} was removed")
-            return
-
-
 def _connect(address: Optional[str]) -> None:
     # Ray reads its auth settings once, when first imported: connect before anything imports ray.
     if not ray_session.connect(address):
         fail("no running cluster found; start one with `llmcluster serve` or pass --address", status=1)
-
-
-@app.command()
-def status(address: AddressOption = None,
-           as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-           load: Annotated[bool, typer.Option(
-               "--load", help="Also ask one running replica of each model for its in-flight requests. Serve's "
-                              "autoscaler counts that call as load for about 10 s: do not poll with it.")] = False,
-           ) -> None:
-    """Show the served models, their replicas and their state."""
-    _connect(address)
-    from cluster.deploy import application_status
-
-    apps = application_status(engine_stats=load)
-    if as_json:
-        print(json.dumps([asdict(a) for a in apps], indent=2))
-        return
-    if not apps:
-        console.print("no application is deployed")
-    for one in apps:
-        table = Table(title=f"{one.name}: {one.status}")
-        for column in ("deployment", "status", "replicas", "in-flight requests", "message"):
-            table.add_column(column)
-        for dep in one.deployments:
-            replicas = ", ".join(f"{state.lower()} {count}" for state, count in dep.replicas.items()) or "none"
-            inflight = str(sum(e["unfinished_requests"] for e in dep.engine)) if dep.engine else "-"
-            table.add_row(dep.name, dep.status, replicas, inflight, dep.message)
-        console.print(table)
 
 
 @app.command()
@@ -203,6 +163,7 @@ def shutdown(address: AddressOption = None,
 
 
 app.command(name="plan")(plan_command.plan)
+app.command(name="status")(status_command.status)
 
 
 app.add_typer(render_command.render_app, name="render")

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+import time
 
-from serve_app.builder import MODEL_DEPLOYMENT_PREFIX, build_application, model_deployment_name
+from serve_app.builder import build_application, model_deployment_name
 from serve_app.config import ClusterConfig
+from serve_app.log_setup import serve_logging_config
+from serve_app.tracing import serve_tracing_config
 
 logger = logging.getLogger(__name__)
+
+# Longest wait for an application to go: Serve itself stops each replica within its drain_timeout_s.
+REMOVE_TIMEOUT_S = 900.0
+REMOVE_POLL_S = 1.0
 
 
 def deploy(config: ClusterConfig) -> None:
@@ -18,17 +23,27 @@ def deploy(config: ClusterConfig) -> None:
 
     serve.start(proxy_location=config.router.proxy_location,
                 http_options={"host": config.router.host, "port": config.router.port,
-                              "request_timeout_s": config.router.request_timeout_s})
+                              "request_timeout_s": config.router.request_timeout_s},
+                logging_config=serve_logging_config(config.logging),
+                tracing_config=serve_tracing_config(config.router.tracing))
     serve.run(build_application(config), name=config.cluster.name, route_prefix="/", blocking=False)
 
 
-def remove(app_name: str) -> bool:
-    """Delete the application; False when there was none."""
+def remove(app_name: str, timeout_s: float = REMOVE_TIMEOUT_S) -> bool:
+    """Delete the application, waiting while its replicas drain; False when there was none.
+
+    TimeoutError if it is still there after `timeout_s`."""
     from ray import serve
 
     if app_name not in serve.status().applications:
         return False
-    serve.delete(app_name)
+    # serve.delete's own wait gives up after 60 s, sooner than a replica's drain may end.
+    serve.delete(app_name, _blocking=False)
+    deadline = time.monotonic() + timeout_s
+    while app_name in serve.status().applications:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"application {app_name} still stopping after {timeout_s:.0f}s")
+        time.sleep(REMOVE_POLL_S)
     return True
 
 
@@ -37,55 +52,4 @@ def base_url(config: ClusterConfig) -> str:
     return f"http://{host}:{config.router.port}/v1"
 
 
-@dataclass
-class DeploymentStatus:
-    name: str
-    status: str
-    replicas: dict[str, int] = field(default_factory=dict)
-    message: str = ""
-    engine: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class AppStatus:
-    name: str
-    status: str
-    message: str
-    deployments: list[DeploymentStatus]
-
-
-def application_status(engine_stats: bool = False) -> list[AppStatus]:
-    """Every Serve application with its deployments' replica states, and engine load when asked.
-
-    Engine load is a call through the model's deployment handle. Serve's autoscaler counts it, and keeps the
-    last report of a handle for 10 s after its process is gone, so polling it would hold a model up."""
-    from ray import serve
-
-    apps = []
-    for app_name, app in serve.status().applications.items():
-        deployments = []
-        for name, dep in app.deployments.items():
-            replicas = {str(state.value if hasattr(state, "value") else state): count
-                        for state, count in dep.replica_states.items()}
-            status = DeploymentStatus(name, str(dep.status.value if hasattr(dep.status, "value") else dep.status),
-                                      replicas, dep.message)
-            if engine_stats and name.startswith(MODEL_DEPLOYMENT_PREFIX) and replicas.get("RUNNING"):
-                status.engine = _engine_stats(app_name, name)
-            deployments.append(status)
-        apps.append(AppStatus(app_name, str(app.status.value if hasattr(app.status, "value") else app.status),
-                              app.message, deployments))
-    return apps
-
-
-def _engine_stats(app_name: str, deployment: str) -> list[dict[str, Any]]:
-    from ray import serve
-
-    try:
-        handle = serve.get_deployment_handle(deployment, app_name=app_name)
-        return [handle.stats.remote().result(timeout_s=10)]
-    except Exception as exc:  # status is best effort: a busy or restarting replica must not break it
-        logger.debug("no stats from %s: %s", deployment, exc)
-        return []
-
-
-__all__ = ["deploy", "remove", "base_url", "application_status", "model_deployment_name"]
+__all__ = ["deploy", "remove", "base_url", "model_deployment_name"]

@@ -11,6 +11,7 @@ from cluster.cloud_presets import GPU_RESOURCE, pool_node_selector, pool_tolerat
 from serve_app.config import ClusterConfig, ConfigError
 from serve_app.kubernetes_config import NodePoolConfig, TolerationConfig
 from serve_app.model_source import CACHE_ENV
+from serve_app.tracing import exporter_env
 
 # Where the ConfigMap holding the cluster config is mounted; `llmcluster batch` reads it from there.
 CONFIG_DIR = "/etc/llmcluster"
@@ -156,6 +157,8 @@ def _env(config: ClusterConfig, serving: bool) -> list[k8s.V1EnvVar]:
         k8s.V1EnvVar(name="HF_TOKEN", value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(
             name=settings.hf_token_secret.name, key=settings.hf_token_secret.key, optional=True))),
     ]
+    # Serve's proxy and replicas read the trace collector's address from their environment (serve_app.tracing).
+    env += [k8s.V1EnvVar(name=name, value=value) for name, value in exporter_env(config.router.tracing).items()]
     if serving and config.router.api_keys_env:
         # Required: a router told to check keys refuses to start without them, so fail at the pod instead.
         env.append(k8s.V1EnvVar(name=config.router.api_keys_env, value_from=k8s.V1EnvVarSource(

@@ -10,13 +10,16 @@ import yaml
 from kubernetes import client as k8s
 
 from cluster import kuberay
+from cluster.k8s_dashboard import dashboard_config_map
 from cluster.k8s_network import network_policy
 from cluster.k8s_pods import (CONFIG_DIR, CONFIG_FILE, cache_claim_name, common_labels, config_map_name,
                               head_template, worker_template)
 from cluster.node_pools import PoolPlan, head_ray_cpus, plan_pools, uses_gpu
 from serve_app.config import ClusterConfig
 from serve_app.kubernetes_config import default_image
+from serve_app.log_setup import serve_logging_config
 from serve_app.placement import ACCELERATOR_RESOURCE, NODE_POOL_RESOURCE
+from serve_app.tracing import serve_tracing_config
 
 SERVE_IMPORT_PATH = "serve_app.builder:build_app"
 # What a worker pod advertises as node_pool:<pool>; replicas ask 0.001 per bundle, so it never runs out.
@@ -37,7 +40,7 @@ def serve_config_v2(config: ClusterConfig) -> dict[str, Any]:
     every model replica.
     """
     serving = pod_config(config).model_dump(mode="json", exclude={"kubernetes"})
-    return {
+    serve_config = {
         "proxy_location": config.router.proxy_location,
         "http_options": {"host": "0.0.0.0", "port": kuberay.SERVE_PORT,
                          "request_timeout_s": config.router.request_timeout_s},
@@ -48,6 +51,12 @@ def serve_config_v2(config: ClusterConfig) -> dict[str, Any]:
             "args": {"config": serving},
         }],
     }
+    # Cluster-wide Serve settings, as `llmcluster serve` passes them to serve.start.
+    for key, value in (("logging_config", serve_logging_config(config.logging)),
+                       ("tracing_config", serve_tracing_config(config.router.tracing))):
+        if value is not None:
+            serve_config[key] = value
+    return serve_config
 
 
 def image_of(config: ClusterConfig) -> str:
@@ -66,6 +75,7 @@ def render(config: ClusterConfig) -> dict[str, dict[str, Any]]:
                                                    batch_job=batch_job_name(config))
     if settings.monitoring:
         objects["podmonitor.yaml"] = _pod_monitor(config)
+        objects["grafana-dashboard.yaml"] = dashboard_config_map(config)
     objects["rayjob.yaml"] = _batch_job(config)
     with k8s.ApiClient() as api:
         return {name: api.sanitize_for_serialization(obj) for name, obj in objects.items()}
@@ -162,15 +172,23 @@ def _openai_service(config: ClusterConfig) -> k8s.V1Service:
 
 
 def _pod_monitor(config: ClusterConfig) -> dict[str, Any]:
-    """Prometheus Operator scraping of Ray's metrics port on every pod of the cluster and its batch jobs."""
+    """Prometheus Operator scraping of Ray's metrics port on every pod of the cluster and its batch jobs, and
+    of the router's /metrics (router, vLLM and replica metrics of the whole cluster) on the RayService's head."""
     selector = {"app.kubernetes.io/name": "llmcluster", "app.kubernetes.io/instance": config.cluster.name}
+    # Serve's proxy on the head passes /metrics to a router replica, which answers for the whole cluster; the
+    # batch job's head has the same port with nothing behind it, and a worker's proxy would repeat the data.
+    head_only = {"sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"], "regex": "ray-head",
+                 "action": "keep"}
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",
         "metadata": _metadata(config, config.cluster.name),
         "spec": {
             "selector": {"matchLabels": selector},
-            "podMetricsEndpoints": [{"port": kuberay.METRICS_PORT_NAME, "path": "/metrics", "interval": "15s"}],
+            "podMetricsEndpoints": [
+                {"port": kuberay.METRICS_PORT_NAME, "path": "/metrics", "interval": "15s"},
+                {"port": kuberay.SERVE_PORT_NAME, "path": "/metrics", "interval": "15s", "relabelings": [head_only]},
+            ],
         },
     }
 

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serve_app.kubernetes_config import KubernetesConfig
+from serve_app.observability_config import HealthConfig, LoggingSettings, TracingSettings
 from serve_app.vllm_adapter import VLLM_VERSION, vllm_engine_arg_names
 
 
@@ -52,6 +53,8 @@ class RouterConfig(_Section):
         4 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413.")
     body_timeout_s: float = Field(
         30.0, gt=0, description="Longest time a client may take to send its request body; slower ones get 408.")
+    tracing: TracingSettings = Field(default_factory=TracingSettings,
+                                     description="OpenTelemetry tracing of requests; off by default.")
 
 
 class ParallelismConfig(_Section):
@@ -133,6 +136,13 @@ class ModelConfig(_Section):
                                            description="Replica count bounds and scaling behaviour.")
     limits: RequestLimitsConfig = Field(default_factory=RequestLimitsConfig,
                                         description="Bounds on what one request may ask of this model.")
+    drain_timeout_s: float = Field(
+        120.0, ge=0, description="How long a replica being stopped (scale-down, redeploy, shutdown) keeps "
+                                 "answering its in-flight requests before it is stopped with them; set it above "
+                                 "the longest generation you serve.")
+    health: HealthConfig = Field(default_factory=HealthConfig,
+                                 description="How Serve checks a replica's health and when a busy "
+                                             "engine counts as hung.")
 
     @field_validator("engine")
     @classmethod
@@ -159,6 +169,8 @@ class ClusterConfig(_Section):
     cluster: ClusterSettings = Field(default_factory=ClusterSettings, description="Cluster identity.")
     router: RouterConfig = Field(default_factory=RouterConfig, description="The OpenAI-compatible router.")
     models: tuple[ModelConfig, ...] = Field(description="Models served by the cluster.", min_length=1)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings,
+                                     description="Log format and level of llmcluster's own loggers.")
     kubernetes: KubernetesConfig = Field(
         default_factory=KubernetesConfig,
         description="How `llmcluster render k8s` places the cluster on Kubernetes (KubeRay); unused elsewhere.")

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app.config import ModelConfig
+from serve_app.log_setup import configure_logging
 from serve_app.model_source import resolve_source
+from serve_app.observability_config import LoggingSettings
 from serve_app.placement import cpu_thread_binding, executor_backend
 from serve_app.vllm_adapter import EngineReply, EngineSpec, VLLMEngine
 
@@ -61,6 +63,7 @@ def engine_spec(model: ModelConfig, model_path: str) -> EngineSpec:
         tensor_parallel=model.parallelism.tensor,
         pipeline_parallel=model.parallelism.pipeline,
         distributed_backend=executor_backend(model),
+        stall_timeout_s=model.health.stall_timeout_s,
     )
 
 
@@ -80,9 +83,14 @@ def usage_of(chunk: str) -> ReplyEnd:
 class LLMServer:
     """Serve replica of one model. `engine_cls` is VLLMEngine in production and a fake in fast tests."""
 
-    async def __init__(self, model: ModelConfig, engine_cls: type = VLLMEngine) -> None:
+    async def __init__(self, model: ModelConfig, engine_cls: type = VLLMEngine, metrics_hub: Any = None,
+                       log_settings: LoggingSettings | None = None) -> None:
         from ray.util import get_current_placement_group
 
+        from serve_app.metrics.hub_deployment import start_engine_metrics
+
+        log_settings = log_settings or LoggingSettings()
+        configure_logging(log_settings.format, log_settings.level, "serve_app")
         self._model = model
         if model.resources.device == "cpu" and model.parallelism.world_size > 1:
             # vLLM's automatic binding gives each rank a NUMA node; ranks sharing one node need explicit cores.
@@ -92,6 +100,9 @@ class LLMServer:
         spec = engine_spec(model, model_path)
         logger.info("starting engine for %s from %s", model.name, model_path)
         self._engine = await engine_cls.start(spec, placement_group=get_current_placement_group())
+        # vLLM's `vllm:` metrics, labelled with this model and replica, go to the hub that serves /metrics.
+        self._metrics = (start_engine_metrics(metrics_hub, model.name, self._engine.metrics_registry())
+                         if metrics_hub is not None else None)
 
     async def generate(self, endpoint: str, body: dict[str, Any], request_id: str) -> AsyncIterator[Any]:
         """Accepted, then a ReplyHead, then (when streaming) the SSE lines as the engine makes them and a ReplyEnd."""
@@ -124,6 +135,9 @@ class LLMServer:
         await self._engine.check_health()
 
     def __del__(self) -> None:
+        metrics = getattr(self, "_metrics", None)
+        if metrics is not None:
+            metrics.cancel()
         engine = getattr(self, "_engine", None)
         if engine is not None:
             engine.shutdown()

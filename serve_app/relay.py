@@ -17,6 +17,7 @@ from serve_app.admission import COLD_RETRY_AFTER_S, QueueTicket
 from serve_app.continuation import Impossible, StreamSplice, continuation_body, read_sent
 from serve_app.errors import ApiError, openai_error
 from serve_app.llm_server import Accepted, ReplyEnd, ReplyHead
+from serve_app.metrics import RequestObservation
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Call:
     request_id: str
     max_attempts: int
     deadline: float  # time.monotonic() past which no new attempt starts
+    observation: RequestObservation  # the request's metrics: chunks, retries, failovers, how it ended
 
     def attempt_id(self, attempt: int) -> str:
         # Each attempt is a new engine request; the suffix keeps engine ids unique and shows the retry in logs.
@@ -49,14 +51,16 @@ async def relay(call: Call, ticket: QueueTicket, headers: dict[str, str], on_end
     """A JSON response, or a stream that ends `ticket` and calls `on_end` when it ends."""
     try:
         replies, head, attempts = await open_reply(call, ticket, first_attempt=0)
-    except BaseException:
+    except BaseException as exc:
         ticket.close()
         on_end(None)
+        call.observation.finished(_failure_status(exc))
         raise
     if head.streaming:
         return RelayedStream(call, replies, attempts, headers, ticket, on_end)
     ticket.close()
     on_end(_total_tokens(head.body))
+    call.observation.finished(head.status, *_usage(head.body))
     if head.status >= 400 and isinstance(head.body, dict) and isinstance(head.body.get("error"), dict):
         head.body["error"].setdefault("request_id", call.request_id)
     return JSONResponse(head.body, status_code=head.status, headers=headers)
@@ -87,6 +91,7 @@ async def open_reply(call: Call, ticket: QueueTicket, first_attempt: int) -> tup
             replies.cancel()
             raise
         replies.cancel()
+        call.observation.retried()
         logger.warning("request %s: a replica of %s failed before answering (%s); trying another (%d of %d)",
                        call.request_id, call.route.name, reason, attempt + 1, call.max_attempts)
 
@@ -113,6 +118,19 @@ async def _first_items(route: Any, replies: Any, ticket: QueueTicket) -> ReplyHe
     return head
 
 
+def _failure_status(exc: BaseException) -> int:
+    if isinstance(exc, ApiError):
+        return exc.status
+    return 499 if isinstance(exc, asyncio.CancelledError) else 500  # 499: the client went away first
+
+
+def _usage(body: Any) -> tuple[int | None, int | None]:
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return None, None
+    return usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+
 def _total_tokens(body: Any) -> int | None:
     usage = body.get("usage") if isinstance(body, dict) else None
     total = usage.get("total_tokens") if isinstance(usage, dict) else None
@@ -128,7 +146,9 @@ class RelayedStream(StreamingResponse):
                  on_end: OnEnd) -> None:
         self._call, self._replies, self._attempts = call, replies, attempts
         self._ticket, self._on_end = ticket, on_end
+        self._end = ReplyEnd()
         self._tokens: int | None = None
+        self._status = 499  # until the stream ends, on its own (200) or with an error event (503)
         super().__init__(self._lines(), media_type="text/event-stream", headers=headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -139,10 +159,12 @@ class RelayedStream(StreamingResponse):
             self._replies.cancel()
             self._ticket.close()
             self._on_end(self._tokens)
+            self._call.observation.finished(self._status, self._end.prompt_tokens, self._end.completion_tokens)
 
     async def _lines(self) -> AsyncIterator[str]:
         sent: list[str] = []  # kept as they are: parsed only if the stream has to be continued
         splice: StreamSplice | None = None
+        observation = self._call.observation
         while True:
             try:
                 async for item in self._replies:
@@ -150,19 +172,23 @@ class RelayedStream(StreamingResponse):
                         line = splice.adapt(item) if splice else item
                         if line is not None:
                             sent.append(line)
+                            observation.token()
                             yield line
                     elif isinstance(item, ReplyEnd):
-                        self._tokens = item.total_tokens
+                        self._end, self._tokens = item, item.total_tokens
+                self._status = 200
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 logger.warning("stream %s from model %s broke: %s", self._call.request_id, self._call.route.name, exc)
                 if sent and "data: [DONE]" in sent[-1]:
+                    self._status = 200
                     return  # everything was sent; only the usage report was lost
                 self._replies.cancel()
                 splice, failure = await self._continue(sent)
                 if failure:
+                    self._status = 503
                     yield failure
                     return
 
@@ -182,6 +208,7 @@ class RelayedStream(StreamingResponse):
         if not head.streaming:
             return None, self._error_event(f"model {call.route.name!r} could not continue the stream: "
                                            f"{json.dumps(head.body)[:300]}")
+        call.observation.failed_over()
         logger.warning("stream %s of model %s continues on another replica after %d chunks",
                        call.request_id, call.route.name, progress.chunks)
         return StreamSplice(progress.stream_id), None

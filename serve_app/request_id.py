@@ -7,6 +7,8 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app.log_setup import bind_request_id, unbind_request_id
+
 REQUEST_ID_HEADER = "x-request-id"
 
 
@@ -15,7 +17,7 @@ def new_request_id() -> str:
 
 
 class RequestIdMiddleware:
-    """Keeps the client's X-Request-Id or makes one, and returns it on the response.
+    """Keeps the client's X-Request-Id or makes one, returns it on the response, and puts it in log lines.
 
     Serve's proxy does exactly this before the router sees a request (and appends the header to every
     response), so the router under Serve goes without it: both would send the header twice."""
@@ -36,4 +38,8 @@ class RequestIdMiddleware:
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
-        await self._app(scope, receive, send_with_id)
+        token = bind_request_id(request_id)
+        try:
+            await self._app(scope, receive, send_with_id)
+        finally:
+            unbind_request_id(token)

@@ -14,6 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve_app.admission import ModelQueue
 from serve_app.config import ClusterConfig, ModelConfig, RequestLimitsConfig, RouterConfig
 from serve_app.errors import ApiError, openai_error
+from serve_app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from serve_app.metrics import RouterMetrics, catalog_queues
+from serve_app.ops_routes import OpsEndpoints
 from serve_app.relay import Call, relay
 from serve_app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware, new_request_id
 from serve_app.request_body import read_json_object
@@ -77,13 +80,16 @@ def error_response(status: int, message: str, request_id: str, *, param: str | N
 
 
 def create_api(catalog: ModelCatalog, keys: KeyStore | None = None, gate: Gate | None = None,
-               settings: RouterConfig | None = None, assign_request_ids: bool = True) -> FastAPI:
+               settings: RouterConfig | None = None, assign_request_ids: bool = True,
+               metrics: RouterMetrics | None = None, ops: OpsEndpoints | None = None) -> FastAPI:
     """The router's FastAPI app; every dependency is passed in, so tests can drive it with fakes.
 
-    `assign_request_ids` is False behind Serve's proxy, which already gives each request its X-Request-Id."""
+    `assign_request_ids` is False behind Serve's proxy, which already gives each request its X-Request-Id.
+    `ops` adds /ready and /admin/status."""
     keys = keys or KeyStore({})
     settings = settings or RouterConfig()
-    app = FastAPI(title="llmcluster", docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = metrics or RouterMetrics(catalog_queues(catalog.routes))
+    app = FastAPI(title="llmcluster", docs_url=None, redoc_url=None, openapi_url=None, lifespan=metrics.lifespan)
     install_error_handlers(app)
     if assign_request_ids:
         app.add_middleware(RequestIdMiddleware)
@@ -107,6 +113,9 @@ def create_api(catalog: ModelCatalog, keys: KeyStore | None = None, gate: Gate |
         authorize(request)
         return JSONResponse({"status": "ok"})
 
+    if ops is not None:
+        ops.install(app, authorize)
+
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:
         tenant = authorize(request)
@@ -114,10 +123,16 @@ def create_api(catalog: ModelCatalog, keys: KeyStore | None = None, gate: Gate |
                  for name in (route.name, *route.aliases)]
         return JSONResponse({"object": "list", "data": cards})
 
+    @app.get("/metrics")
+    async def metrics_text(request: Request) -> Response:
+        authorize(request)
+        return Response(await metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
     async def serve(endpoint: str, request: Request) -> Response:
         tenant = authorize(request)
         body = await read_json_object(request, settings.max_body_bytes, settings.body_timeout_s)
-        return await _admit_and_relay(catalog, gate, tenant, endpoint, body, request.state.request_id, settings)
+        return await _admit_and_relay(catalog, gate, tenant, endpoint, body, request.state.request_id, settings,
+                                      metrics)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -161,24 +176,30 @@ def _model_card(name: str, route: ModelRoute) -> dict[str, Any]:
 
 
 async def _admit_and_relay(catalog: ModelCatalog, gate: Gate | None, tenant: Tenant | None, endpoint: str,
-                           body: dict[str, Any], request_id: str, settings: RouterConfig) -> Response:
+                           body: dict[str, Any], request_id: str, settings: RouterConfig,
+                           metrics: RouterMetrics) -> Response:
     route = _route_for(catalog, tenant, body)
-    limited = apply_limits(endpoint, body, route.limits, route.name)
-    if isinstance(limited, LimitViolation):
-        raise ApiError(400, limited.message, param=limited.param)
-    refusal = route.queue.refusal()
-    if refusal:
-        raise ApiError(refusal.status, refusal.message, headers={"Retry-After": str(refusal.retry_after_s)})
-    admission = None
-    if gate is not None and tenant is not None:
-        admission = await gate.admit(tenant.name, estimate_prompt_tokens(endpoint, limited))
-        if not admission.admitted:
-            raise ApiError(429, f"API key {tenant.name!r} is over its {admission.limit} limit; retry later",
-                           headers={**admission.headers, "Retry-After": str(admission.retry_after_s)})
+    observation = metrics.request(route.name, tenant.name if tenant else None)
+    try:
+        limited = apply_limits(endpoint, body, route.limits, route.name)
+        if isinstance(limited, LimitViolation):
+            raise ApiError(400, limited.message, param=limited.param)
+        refusal = route.queue.refusal()
+        if refusal:
+            raise ApiError(refusal.status, refusal.message, headers={"Retry-After": str(refusal.retry_after_s)})
+        admission = None
+        if gate is not None and tenant is not None:
+            admission = await gate.admit(tenant.name, estimate_prompt_tokens(endpoint, limited))
+            if not admission.admitted:
+                raise ApiError(429, f"API key {tenant.name!r} is over its {admission.limit} limit; retry later",
+                               headers={**admission.headers, "Retry-After": str(admission.retry_after_s)})
+    except ApiError as exc:
+        observation.refused(exc.status)
+        raise
     logger.debug("request %s: %s for model %s (key %s)", request_id, endpoint, route.name,
                  tenant.name if tenant else "-")
     call = Call(route, endpoint, limited, request_id, settings.max_attempts,
-                deadline=time.monotonic() + settings.request_timeout_s)
+                deadline=time.monotonic() + settings.request_timeout_s, observation=observation)
     return await relay(call, route.queue.enter(), admission.headers if admission else {},
                        admission.finish if admission else _nothing)
 
@@ -211,9 +232,12 @@ class Gate(Protocol):
 class OpenAIRouter:
     """Serve ingress replica; `handles` maps each model's name to its deployment handle."""
 
-    def __init__(self, config: ClusterConfig, handles: dict[str, Any], ledger: Any) -> None:
+    def __init__(self, config: ClusterConfig, handles: dict[str, Any], ledger: Any, metrics_hub: Any = None) -> None:
+        from serve_app.log_setup import configure_logging
+        from serve_app.metrics.hub_deployment import router_metrics
         from serve_app.tenancy.quota_deployment import quota_gate
 
+        configure_logging(config.logging.format, config.logging.level, "serve_app")
         created = int(time.time())
         routes = [ModelRoute.of(model, handles[model.name], created) for model in config.models]
         keys = load_key_store(config.router, served_model_names(config))
@@ -221,7 +245,9 @@ class OpenAIRouter:
             logger.warning("no API keys configured: the API is open to anyone who reaches port %d",
                            config.router.port)
         gate = quota_gate(keys, ledger, config.router.replicas)
-        self._app = create_api(ModelCatalog(routes), keys, gate, config.router, assign_request_ids=False)
+        self._app = create_api(ModelCatalog(routes), keys, gate, config.router, assign_request_ids=False,
+                               metrics=router_metrics(routes, metrics_hub),
+                               ops=OpsEndpoints.for_serve(config, routes))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self._app

@@ -14,10 +14,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from serve_app.errors import openai_error
+from serve_app.liveness import StallWatch
+from serve_app.process_fate import die_with_parent
+from serve_app.tracing import engine_span
 
 logger = logging.getLogger(__name__)
 
 VLLM_VERSION = "0.32.0"
+# fate_share_engine_process's name as pyproject.toml registers it in vLLM's general plugin group.
+FATE_SHARING_PLUGIN = "llmcluster_fate_sharing"
+# vLLM's names for the processes it starts: EngineCore (EngineCore_DP<n>) and its workers (VllmWorker-<rank>).
+_ENGINE_PROCESSES = ("EngineCore", "VllmWorker")
 
 
 # The engine arguments of the pinned vLLM, kept beside this module so a config is checked without
@@ -48,6 +55,7 @@ class EngineSpec:
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     distributed_backend: str | None = None  # "mp" on CPU, "ray" inside a GPU placement group
+    stall_timeout_s: float | None = None  # busy without an engine step this long: hung; None: never checked
 
 
 @dataclass
@@ -62,8 +70,9 @@ class EngineReply:
 class VLLMEngine:
     """vLLM's AsyncLLM with its own OpenAI serving layer in front (chat, completions, models)."""
 
-    def __init__(self, client: Any, state: Any) -> None:
+    def __init__(self, client: Any, state: Any, watch: StallWatch | None = None) -> None:
         self._client = client
+        self._watch = watch
         self._chat = state.openai_serving_chat
         self._completion = state.openai_serving_completion
         self._models = state.openai_serving_models
@@ -78,20 +87,23 @@ class VLLMEngine:
         from vllm.v1.executor.abstract import Executor
         from starlette.datastructures import State
 
+        warn_unless_fate_shared()
         engine_args = AsyncEngineArgs(**_engine_kwargs(spec))
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
         if placement_group is not None:
             vllm_config.parallel_config.placement_group = placement_group
+        watch = StallWatch(spec.stall_timeout_s) if spec.stall_timeout_s else None
         client = AsyncLLM(
             vllm_config=vllm_config,
             executor_class=Executor.get_class(vllm_config),
-            log_requests=False,
+            log_requests=True,  # one line per request with its id ("Added request chatcmpl-<id>-..."), no prompt
             log_stats=not engine_args.disable_log_stats,
+            stat_loggers=[_step_reporter(watch)] if watch else None,
         )
         state = State()
         args = argparse.Namespace(**(vars(FrontendArgs()) | vars(engine_args)))
         await init_app_state(client, state, args, supported_tasks=await client.get_supported_tasks())
-        return cls(client, state)
+        return cls(client, state, watch)
 
     @property
     def max_model_len(self) -> int:
@@ -105,14 +117,16 @@ class VLLMEngine:
     async def chat(self, body: dict[str, Any], request_id: str) -> EngineReply:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-        return await self._serve(ChatCompletionRequest, self._chat.create_chat_completion, body, request_id)
+        return await self._serve(ChatCompletionRequest, self._chat.create_chat_completion, body, request_id,
+                                 "chatcmpl-")
 
     async def completions(self, body: dict[str, Any], request_id: str) -> EngineReply:
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
-        return await self._serve(CompletionRequest, self._completion.create_completion, body, request_id)
+        return await self._serve(CompletionRequest, self._completion.create_completion, body, request_id, "cmpl-")
 
-    async def _serve(self, request_type: type, create: Any, body: dict[str, Any], request_id: str) -> EngineReply:
+    async def _serve(self, request_type: type, create: Any, body: dict[str, Any], request_id: str,
+                     id_prefix: str) -> EngineReply:
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
         from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
@@ -125,7 +139,9 @@ class VLLMEngine:
                                                  param=name))
         try:
             request.request_id = request_id
-            result = await create(request, raw_request=None)
+            # vLLM's OpenAI layer names the engine request `<id_prefix><request_id>` (the engine adds a suffix).
+            with engine_span(request_id, id_prefix + request_id):
+                result = await create(request, raw_request=None)
         except Exception as exc:  # vLLM raises for bad input as well as engine faults; its mapping tells which
             result = create_error_response(exc)
         if isinstance(result, ErrorResponse):
@@ -135,7 +151,16 @@ class VLLMEngine:
         return EngineReply(200, result.model_dump(mode="json"))
 
     async def check_health(self) -> None:
-        await self._client.check_health()
+        await self._client.check_health()  # notices a dead engine core only
+        if self._watch is not None:
+            self._watch.check(self.unfinished_requests())  # and this a hung one
+
+    def metrics_registry(self) -> Any:
+        """The prometheus registry holding this engine's `vllm:` metrics: vLLM records them in the process's
+        global one (a multiprocess one when PROMETHEUS_MULTIPROC_DIR is set), with log_stats on."""
+        from vllm.v1.metrics.prometheus import get_prometheus_registry
+
+        return get_prometheus_registry()
 
     def unfinished_requests(self) -> int:
         return self._client.get_num_unfinished_requests()
@@ -162,6 +187,55 @@ class OfflineEngine:
     def shutdown(self) -> None:
         # Stops the engine core process; left running, it keeps the interpreter from exiting.
         self._llm.llm_engine.engine_core.shutdown()
+
+
+def fate_share_engine_process() -> None:
+    """vLLM general plugin, run by vLLM early in each of its processes: engine processes die with their parent.
+
+    In the engine core and its workers, which vLLM spawns with multiprocessing, it arms a parent-death signal:
+    a replica that dies takes its engine core down, and the engine core its workers, however the replica died
+    (Serve's stop, Ray, a SIGKILL, the OOM killer, Ray's raylet gone). vLLM's own shutdown stays the normal
+    path; this is the floor under it. vLLM starts the engine core from the thread that builds the engine (the
+    replica's event loop) and the workers from the engine core's main thread: both live as long as their
+    process. A process vLLM forks rather than spawns inherits vLLM's "plugins loaded" flag and skips this; in
+    a Ray actor vLLM always spawns."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    if parent is not None and multiprocessing.current_process().name.startswith(_ENGINE_PROCESSES):
+        die_with_parent(parent.pid)
+
+
+def warn_unless_fate_shared() -> None:
+    """Say so when this replica's engine processes would outlive it, and why."""
+    from importlib.metadata import entry_points
+
+    from vllm import envs
+
+    if not any(plugin.name == FATE_SHARING_PLUGIN for plugin in entry_points(group="vllm.general_plugins")):
+        reason = "llmcluster is not installed as a package (pip install -e .), so vLLM does not find its plugin"
+    elif envs.VLLM_PLUGINS is not None and FATE_SHARING_PLUGIN not in envs.VLLM_PLUGINS:
+        reason = f"VLLM_PLUGINS leaves out {FATE_SHARING_PLUGIN}"
+    else:
+        return
+    logger.warning("engine processes may outlive this replica if it is killed: %s", reason)
+
+
+def _step_reporter(watch: StallWatch) -> type:
+    """A vLLM stat logger that only tells `watch` of each engine step: vLLM calls `record` once per step."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class StepReporter(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, *_: Any, **__: Any) -> None:
+            watch.stepped()
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return StepReporter
 
 
 def _engine_kwargs(spec: EngineSpec) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class Tenant:
     name: str
     models: frozenset[str] | None  # canonical model names; None: every model
     quota: Quota
+    admin: bool = False  # may read the cluster's status (GET /admin/status)
 
     def may_use(self, model_name: str) -> bool:
         """`model_name` is the model's canonical name (aliases resolved)."""
@@ -159,7 +160,7 @@ def _entry_digest(entry: KeyEntry) -> str:
 
 def _tenant(entry: KeyEntry, model_names: dict[str, str]) -> Tenant:
     models = None if ALL_MODELS in entry.models else frozenset(model_names[name] for name in entry.models)
-    return Tenant(entry.name, models, Quota(entry.rpm, entry.tpm, entry.max_concurrent))
+    return Tenant(entry.name, models, Quota(entry.rpm, entry.tpm, entry.max_concurrent), admin=entry.admin)
 
 
 def _env_keys(variable: str, environ: Mapping[str, str]) -> list[_Key]:

@@ -34,6 +34,8 @@ class KeyEntry(BaseModel):
     rpm: int | None = Field(None, ge=1, description="Requests per minute; unset: unlimited.")
     tpm: int | None = Field(None, ge=1, description="Tokens per minute, prompt and completion; unset: unlimited.")
     max_concurrent: int | None = Field(None, ge=1, description="Requests in flight at once; unset: unlimited.")
+    admin: bool = Field(False, description="The key may also read the cluster's status (GET /admin/status: "
+                                           "models, replicas, nodes, load); `llmcluster status` sends it.")
 
     @field_validator("name")
     @classmethod

@@ -76,11 +76,20 @@ def stop_server(server: Server) -> int:
         raise
 
 
-def cli_status(*extra: str) -> list[dict]:
-    result = subprocess.run([CLI, "status", "--json", *extra], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=120)
+def cli_status(*extra: str, server: Server | None = None) -> dict:
+    """`llmcluster status --json`: asks `server`'s router (else the stack recorded last) and, failing that, Ray."""
+    return timed_cli_status(*extra, server=server)[0]
+
+
+def timed_cli_status(*extra: str, server: Server | None = None) -> tuple[dict, float]:
+    """The status document and the seconds the command took, start-up included."""
+    url = ("--url", server.base_url) if server else ()
+    started = time.monotonic()
+    result = subprocess.run([CLI, "status", "--json", *url, *extra], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120)
+    seconds = time.monotonic() - started
     assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout)
+    return json.loads(result.stdout), seconds
 
 
 @pytest.fixture(scope="session")

@@ -110,7 +110,7 @@ def test_manifest_application_deploys_router_and_model(deployed: Deployed) -> No
     from ray import serve
 
     deployments = serve.status().applications[deployed.app_name].deployments
-    assert set(deployments) == {"router", "quota-ledger", "model-smollm2"}
+    assert set(deployments) == {"router", "quota-ledger", "metrics-hub", "model-smollm2"}
     assert all(status.status == "HEALTHY" for status in deployments.values())
 
 

@@ -90,7 +90,7 @@ def test_health(server: Server) -> None:
 
 
 def _in_flight() -> int:
-    (app,) = cli_status("--load")
+    (app,) = cli_status("--load")["applications"]
     (model,) = [d for d in app["deployments"] if d["name"] == "model-smollm2"]
     return sum(stats["unfinished_requests"] for stats in model["engine"])
 
@@ -110,8 +110,10 @@ def test_dropped_stream_leaves_no_request_in_the_engine(client: openai.OpenAI) -
     assert _in_flight() == 0
 
 
-def test_status_shows_the_model_running() -> None:
-    (app,) = cli_status()
+def test_status_shows_the_model_running(server: Server) -> None:
+    status = cli_status(server=server)
+    assert status["source"] == "router" and status["ready"]
+    (app,) = status["applications"]
     assert app["status"] == "RUNNING"
     names = {d["name"]: d for d in app["deployments"]}
     assert names["model-smollm2"]["replicas"] == {"RUNNING": 1}

@@ -1,0 +1,157 @@
+"""The cluster as a router replica sees it: Serve's applications, deployments, replicas and Ray's nodes.
+
+A snapshot is plain data parsed from the Serve controller's details; `StateWatch` keeps a recent one, refreshed
+in the background, so that /ready and /admin/status answer at once however busy the controller is."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+RUNNING = "RUNNING"
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    id: str
+    state: str  # Serve's ReplicaState: STARTING, RUNNING, STOPPING, ...
+    node_id: str | None = None
+    node_ip: str | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    name: str
+    status: str  # Serve's DeploymentStatus: UPDATING, HEALTHY, UNHEALTHY, UPSCALING, ...
+    message: str = ""
+    replicas: tuple[ReplicaView, ...] = ()
+    min_replicas: int | None = None  # from its deployment config; None when Serve does not say
+
+    @property
+    def running(self) -> int:
+        return sum(replica.state == RUNNING for replica in self.replicas)
+
+    def state_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for replica in self.replicas:
+            counts[replica.state] = counts.get(replica.state, 0) + 1
+        return counts
+
+
+@dataclass(frozen=True)
+class AppView:
+    name: str
+    status: str
+    message: str
+    deployments: dict[str, DeploymentView]
+
+
+@dataclass(frozen=True)
+class NodeView:
+    id: str
+    address: str
+    alive: bool
+    resources: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    apps: dict[str, AppView]
+    nodes: tuple[NodeView, ...]
+    taken_at: float  # Unix time
+
+    def deployment(self, app_name: str, name: str) -> DeploymentView | None:
+        app = self.apps.get(app_name)
+        return app.deployments.get(name) if app else None
+
+
+def parse_snapshot(details: dict[str, Any], nodes: list[dict[str, Any]], taken_at: float) -> ClusterSnapshot:
+    """A snapshot from Serve's instance details (the dashboard's /api/serve/applications/ document) and
+    ray.nodes(); fields Serve leaves out read as empty."""
+    apps = {name: AppView(name, _text(app.get("status")), _text(app.get("message")),
+                          {dep_name: _deployment(dep_name, dep)
+                           for dep_name, dep in (app.get("deployments") or {}).items()})
+            for name, app in (details.get("applications") or {}).items()}
+    views = tuple(NodeView(str(n.get("NodeID", "")), str(n.get("NodeManagerAddress", "")), bool(n.get("Alive")),
+                           {k: float(v) for k, v in (n.get("Resources") or {}).items()}) for n in nodes)
+    return ClusterSnapshot(apps, views, taken_at)
+
+
+def _deployment(name: str, dep: dict[str, Any]) -> DeploymentView:
+    replicas = tuple(ReplicaView(_text(r.get("replica_id")), _text(r.get("state")), r.get("node_id"),
+                                 r.get("node_ip")) for r in dep.get("replicas") or ())
+    return DeploymentView(name, _text(dep.get("status")), _text(dep.get("message")), replicas,
+                          _min_replicas(dep.get("deployment_config") or {}))
+
+
+def _text(value: Any) -> str:
+    # Serve hands its states over as its str enums (ReplicaState.RUNNING), whose str() is not their value.
+    if isinstance(value, Enum):
+        return str(value.value)
+    return "" if value is None else str(value)
+
+
+def _min_replicas(config: dict[str, Any]) -> int | None:
+    autoscaling = config.get("autoscaling_config")
+    if isinstance(autoscaling, dict) and isinstance(autoscaling.get("min_replicas"), int):
+        return autoscaling["min_replicas"]
+    fixed = config.get("num_replicas")
+    return fixed if isinstance(fixed, int) else None
+
+
+class StateWatch:
+    """The latest snapshot, refreshed every `every_s` by a background task while anyone reads it.
+
+    The task starts on the first read, which waits for its first snapshot, and ends after `idle_stop_s`
+    without reads: a router replica nobody probes asks the controller nothing."""
+
+    def __init__(self, fetch: Callable[[], ClusterSnapshot], every_s: float = 2.0, first_wait_s: float = 5.0,
+                 idle_stop_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._fetch, self._every_s, self._first_wait_s = fetch, every_s, first_wait_s
+        self._idle_stop_s, self._clock = idle_stop_s, clock
+        self._latest: ClusterSnapshot | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._first = asyncio.Event()
+        self._last_read = clock()
+        self.error: str | None = None  # why the last refresh failed, if it did
+
+    async def latest(self) -> ClusterSnapshot | None:
+        """The most recent snapshot; None when none could be taken yet."""
+        self._last_read = self._clock()
+        starting = self._task is None or self._task.done()
+        if starting:  # the first read, or the first after an idle stop: wait for a fresh snapshot
+            self._first.clear()
+            self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
+        if starting or self._latest is None:
+            try:
+                await asyncio.wait_for(self._first.wait(), self._first_wait_s)
+            except TimeoutError:
+                pass
+        return self._latest
+
+    async def _refresh_forever(self) -> None:
+        while self._clock() - self._last_read < self._idle_stop_s:
+            try:
+                # The controller call blocks: a thread keeps the router's event loop free for requests.
+                self._latest = await asyncio.to_thread(self._fetch)
+                self.error = None
+            except Exception as exc:  # the controller restarting or busy: keep the last snapshot, say why
+                if self.error is None:
+                    logger.warning("cannot read the cluster state from Serve: %s", exc)
+                self.error = f"{type(exc).__name__}: {exc}"
+            self._first.set()
+            await asyncio.sleep(self._every_s)
+
+
+def serve_snapshot() -> ClusterSnapshot:
+    """A snapshot read from the running Serve controller and Ray (blocking)."""
+    from serve_app.serve_internals import ray_nodes, serve_details
+
+    return parse_snapshot(serve_details(), ray_nodes(), time.time())

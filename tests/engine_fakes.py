@@ -1,0 +1,75 @@
+"""A fake serving engine with VLLMEngine's surface, for Serve tests without a model: it starts slowly on
+request, answers at once, and hangs for good (as a stuck engine core does) when a prompt says HANG_WORD."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+from serve_app.liveness import StallWatch
+from serve_app.vllm_adapter import EngineReply, EngineSpec
+
+HANG_WORD = "please-hang-now"
+
+
+class FakeServingEngine:
+    """Each answer is one engine step; once hung, no step ever finishes and every request waits forever."""
+
+    start_delay_s: ClassVar[float] = 0.0
+    max_model_len = 2048
+    max_num_seqs = 8
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self._watch = StallWatch(spec.stall_timeout_s) if spec.stall_timeout_s else None
+        self._in_flight = 0
+        self._hung = False
+
+    @classmethod
+    async def start(cls, spec: EngineSpec, placement_group: Any = None) -> FakeServingEngine:
+        await asyncio.sleep(cls.start_delay_s)
+        return cls(spec)
+
+    async def chat(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        text = " ".join(str(m.get("content", "")) for m in body.get("messages", []))
+        return await self._reply(body, request_id, text)
+
+    async def completions(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        return await self._reply(body, request_id, str(body.get("prompt", "")))
+
+    async def _reply(self, body: dict[str, Any], request_id: str, text: str) -> EngineReply:
+        self._in_flight += 1
+        try:
+            self._hung = self._hung or HANG_WORD in text
+            if self._hung:
+                await asyncio.Event().wait()
+            await asyncio.sleep(0.01)
+            if self._watch is not None:
+                self._watch.stepped()
+            return EngineReply(200, {"id": f"chatcmpl-{request_id}", "object": "chat.completion",
+                                     "model": body.get("model"),
+                                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                                  "finish_reason": "stop"}],
+                                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+        finally:
+            self._in_flight -= 1
+
+    async def check_health(self) -> None:
+        if self._watch is not None:
+            self._watch.check(self._in_flight)
+
+    def unfinished_requests(self) -> int:
+        return self._in_flight
+
+    def metrics_registry(self) -> Any:
+        from prometheus_client import CollectorRegistry
+
+        return CollectorRegistry()
+
+    def shutdown(self) -> None:
+        pass
+
+
+class SlowStartingEngine(FakeServingEngine):
+    """Loads for a few seconds, as a real engine does: long enough to see /ready say 503 meanwhile."""
+
+    start_delay_s = 8.0

@@ -1,0 +1,110 @@
+"""The cluster state: parsed from Serve's details, kept fresh in the background, never fetched per read."""
+
+from __future__ import annotations
+
+import asyncio
+from enum import Enum
+
+from serve_app.cluster_state import ClusterSnapshot, StateWatch, parse_snapshot
+from serve_app.readiness import Readiness, ServedModel
+from serve_app.status_report import ModelLoad, models_in, status_document
+from tests.quota_fakes import in_loop
+from tests.state_fakes import APP, NODES, NOW, deployment, details, replica, snapshot
+
+
+def test_parse_reads_replicas_states_nodes_and_replica_floors() -> None:
+    state = snapshot({"model-chat": deployment(replica("a", "RUNNING"), replica("b", "STARTING"), min_replicas=2),
+                      "router": deployment(replica("r"), min_replicas=None)})
+    chat = state.deployment(APP, "model-chat")
+    assert chat.running == 1 and chat.state_counts() == {"RUNNING": 1, "STARTING": 1}
+    assert chat.min_replicas == 2 and state.deployment(APP, "router").min_replicas is None
+    assert [(n.id, n.alive) for n in state.nodes] == [("node-1", True), ("node-0", False)]
+
+
+def test_parse_takes_min_replicas_from_an_autoscaling_config() -> None:
+    dep = {"status": "HEALTHY", "replicas": [], "deployment_config": {"autoscaling_config": {"min_replicas": 0}}}
+    assert parse_snapshot(details({"model-x": dep}), [], NOW).deployment(APP, "model-x").min_replicas == 0
+
+
+class ReplicaState(str, Enum):
+    """How Serve's controller hands states over: str enums, whose str() is `ReplicaState.RUNNING`."""
+
+    RUNNING = "RUNNING"
+
+
+def test_parse_reads_serves_enum_states_as_their_values() -> None:
+    state = snapshot({"model-chat": {**deployment(replica("a", ReplicaState.RUNNING)), "status": ReplicaState.RUNNING}})
+    chat = state.deployment(APP, "model-chat")
+    assert chat.running == 1 and chat.state_counts() == {"RUNNING": 1} and chat.status == "RUNNING"
+
+
+def test_parse_tolerates_what_serve_leaves_out() -> None:
+    state = parse_snapshot({}, [], NOW)
+    assert state.apps == {} and state.nodes == ()
+
+
+def test_status_document_has_models_replicas_nodes_and_the_routers_load() -> None:
+    state = snapshot({"model-chat": deployment(replica("a")), "router": deployment(replica("r"))})
+    models = [ServedModel("chat", "model-chat", 1)]
+    doc = status_document(state, APP, models, Readiness(True), "router", NOW + 1.5, {"chat": ModelLoad(3, 2)})
+    assert doc["source"] == "router" and doc["ready"] and doc["age_s"] == 1.5
+    (model,) = doc["models"]
+    assert model["running"] == 1 and model["in_flight"] == 3 and model["queued"] == 2
+    assert model["replicas"] == [{"id": "a", "state": "RUNNING", "node_id": "node-1", "node_ip": "10.0.0.1"}]
+    (app,) = doc["applications"]
+    assert {d["name"]: d["replicas"] for d in app["deployments"]} == {"model-chat": {"RUNNING": 1},
+                                                                      "router": {"RUNNING": 1}}
+    assert [n["id"] for n in doc["nodes"]] == ["node-1"] and doc["dead_nodes"] == 1
+
+
+def test_without_a_router_the_load_is_unknown_and_models_come_from_deployment_names() -> None:
+    state = snapshot({"model-chat": deployment(replica("a"), min_replicas=2), "router": deployment()})
+    app_name, models = models_in(state)
+    assert app_name == APP and models == [ServedModel("chat", "model-chat", 2)]
+    doc = status_document(state, app_name, models, Readiness(True), "ray", NOW)
+    assert doc["models"][0]["in_flight"] is None and doc["models"][0]["queued"] is None
+
+
+class CountingFetch:
+    def __init__(self, failing: bool = False) -> None:
+        self.calls = 0
+        self.failing = failing
+
+    def __call__(self) -> ClusterSnapshot:
+        self.calls += 1
+        if self.failing:
+            raise ConnectionError("controller gone")
+        return parse_snapshot(details({}), NODES, NOW + self.calls)
+
+
+@in_loop
+async def test_reads_are_served_from_the_background_refresh() -> None:
+    fetch = CountingFetch()
+    watch = StateWatch(fetch, every_s=0.05)
+    first = await watch.latest()
+    assert first is not None and fetch.calls == 1
+    for _ in range(20):
+        await watch.latest()  # reads never fetch themselves
+    assert fetch.calls <= 2
+    await asyncio.sleep(0.2)
+    assert fetch.calls >= 3 and (await watch.latest()).taken_at > first.taken_at
+
+
+@in_loop
+async def test_a_failing_controller_leaves_no_snapshot_and_says_why() -> None:
+    watch = StateWatch(CountingFetch(failing=True), every_s=0.05)
+    assert await watch.latest() is None
+    assert watch.error == "ConnectionError: controller gone"
+
+
+@in_loop
+async def test_refreshing_stops_when_nobody_reads() -> None:
+    fetch = CountingFetch()
+    watch = StateWatch(fetch, every_s=0.01, idle_stop_s=0.05)
+    await watch.latest()
+    await asyncio.sleep(0.2)
+    stopped_at = fetch.calls
+    await asyncio.sleep(0.1)
+    assert fetch.calls == stopped_at
+    await watch.latest()  # a read starts it again, with a fresh snapshot
+    assert fetch.calls == stopped_at + 1
