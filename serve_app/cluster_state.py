@@ -6,6 +6,7 @@ in the background, so that /ready and /admin/status answer at once however busy 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -128,7 +129,8 @@ class StateWatch:
         starting = self._task is None or self._task.done()
         if starting:  # the first read, or the first after an idle stop: wait for a fresh snapshot
             self._first.clear()
-            self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
+            # A context of its own: the request that happens to start it must not lend its id to its log lines.
+            self._task = asyncio.get_running_loop().create_task(self._refresh_forever(), context=contextvars.Context())
         if starting or self._latest is None:
             try:
                 await asyncio.wait_for(self._first.wait(), self._first_wait_s)
@@ -142,12 +144,19 @@ class StateWatch:
                 # The controller call blocks: a thread keeps the router's event loop free for requests.
                 self._latest = await asyncio.to_thread(self._fetch)
                 self.error = None
+            except RuntimeError as exc:
+                if "after shutdown" in str(exc):  # the replica is stopping: its thread pool is gone
+                    return
+                self._failed(exc)
             except Exception as exc:  # the controller restarting or busy: keep the last snapshot, say why
-                if self.error is None:
-                    logger.warning("cannot read the cluster state from Serve: %s", exc)
-                self.error = f"{type(exc).__name__}: {exc}"
+                self._failed(exc)
             self._first.set()
             await asyncio.sleep(self._every_s)
+
+    def _failed(self, exc: Exception) -> None:
+        if self.error is None:
+            logger.warning("cannot read the cluster state from Serve: %s", exc)
+        self.error = f"{type(exc).__name__}: {exc}"
 
 
 def serve_snapshot() -> ClusterSnapshot:

@@ -6,6 +6,7 @@ import asyncio
 from enum import Enum
 
 from serve_app.cluster_state import ClusterSnapshot, StateWatch, parse_snapshot
+from serve_app.log_setup import bind_request_id, current_request_id, unbind_request_id
 from serve_app.readiness import Readiness, ServedModel
 from serve_app.status_report import ModelLoad, models_in, status_document
 from tests.quota_fakes import in_loop
@@ -108,3 +109,19 @@ async def test_refreshing_stops_when_nobody_reads() -> None:
     assert fetch.calls == stopped_at
     await watch.latest()  # a read starts it again, with a fresh snapshot
     assert fetch.calls == stopped_at + 1
+
+
+@in_loop
+async def test_the_refresh_does_not_log_as_the_request_that_started_it() -> None:
+    seen: list[str | None] = []
+
+    def fetch() -> ClusterSnapshot:
+        seen.append(current_request_id())
+        return parse_snapshot({}, [], NOW)
+
+    token = bind_request_id("req-that-asked-first")
+    try:
+        await StateWatch(fetch).latest()
+    finally:
+        unbind_request_id(token)
+    assert seen == [None]
