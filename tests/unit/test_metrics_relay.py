@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serve_app.metrics import RouterMetrics, catalog_queues
 from serve_app.router import ModelCatalog, ModelRoute, create_api
 from tests.fakes import FakeModelHandle, echo_script
-from tests.unit.test_failover import QUESTION, answers, dies_on_first_calls, stream_that_breaks_after
+from tests.unit.test_relay_failover import QUESTION, answers, dies_on_first_calls, stream_that_breaks_after
 
 
 def api_for(handle: FakeModelHandle) -> tuple[TestClient, RouterMetrics]:
