@@ -86,19 +86,12 @@ def serve(
     from cluster import foreground
     from cluster.deploy import base_url, deploy
     from serve_app.builder import longest_drain_s
-    from serve_app.model_source import resolve_source
 
     address = address or os.environ.get("RAY_ADDRESS")
     if detach and not address:
         fail("--detach needs a running Ray cluster (--address or RAY_ADDRESS)")
-    local_gcs = None
-    if address:
-        ray_session.join_ray(address)
-    else:
-        for model in cluster.models:  # convert builtin models up front: a failure shows here, not in a replica
-            resolve_source(model.source)
-        os.environ.update(exporter_env(cluster.router.tracing))  # Ray's processes (Serve's proxy) inherit it
-        address = local_gcs = ray_session.start_local_ray()
+    local_gcs = _join_or_start_ray(cluster, address)
+    address = address or local_gcs
     url = base_url(cluster)
     console.print(f"deploying {cluster.cluster.name} ...")
     started = time.monotonic()
@@ -116,6 +109,19 @@ def serve(
     finally:
         console.print("shutting down ...")
         foreground.stop_serving(cluster.cluster.name, longest_drain_s(cluster), local_gcs)
+
+
+def _join_or_start_ray(cluster: ClusterConfig, address: Optional[str]) -> Optional[str]:
+    """Join the Ray cluster at `address`, else start one in this process; the GCS address of one started here."""
+    if address:
+        ray_session.join_ray(address)
+        return None
+    from serve_app.model_source import resolve_source
+
+    for model in cluster.models:  # convert builtin models up front: a failure shows here, not in a replica
+        resolve_source(model.source)
+    os.environ.update(exporter_env(cluster.router.tracing))  # Ray's processes (Serve's proxy) inherit it
+    return ray_session.start_local_ray()
 
 
 def _serving_config(path: Path, port: Optional[int], log_format: Optional[LogFormat] = None) -> ClusterConfig:

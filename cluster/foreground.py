@@ -27,10 +27,18 @@ STOP_MARGIN_S = 30.0
 
 
 def stop_on_signals() -> threading.Event:
-    """SIGINT and SIGTERM set the event; install after ray.init, whose own SIGTERM handler exits at once."""
+    """SIGINT and SIGTERM set the event, and a second one exits at once, without waiting for the drain.
+
+    Install after ray.init, whose own SIGTERM handler exits at once."""
     stop = threading.Event()
+
+    def handle(signum: int, _: Any) -> None:
+        if stop.is_set():
+            exit_now(f"a second {signal.Signals(signum).name}")
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, handle)
     return stop
 
 
@@ -97,6 +105,7 @@ def stop_serving(app_name: str, drain_s: float, local_gcs: str | None) -> None:
     def cluster_gone() -> bool:
         return local_gcs is not None and not gcs_reachable(local_gcs)
 
+    console.print(f"draining: in-flight requests have up to {drain_s:.0f}s (Ctrl-C again to stop at once)")
     removing = Background(lambda: remove(app_name, drain_s + STOP_MARGIN_S), name="remove")
     removed = removing.wait(cluster_gone, timeout_s=drain_s + STOP_MARGIN_S)
     if cluster_gone():

@@ -39,7 +39,12 @@ def record_local_cluster(cluster: LocalCluster) -> None:
 
 
 def forget_local_cluster() -> None:
-    _record_path().unlink(missing_ok=True)
+    """Drop the record, if this process wrote it: another `llmcluster serve` may have recorded its own since."""
+    try:
+        if json.loads(_record_path().read_text()).get("pid") == os.getpid():
+            _record_path().unlink(missing_ok=True)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def recorded_local_cluster() -> LocalCluster | None:

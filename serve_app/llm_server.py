@@ -99,6 +99,8 @@ class LLMServer:
         model_path = await asyncio.to_thread(resolve_source, model.source)
         spec = engine_spec(model, model_path)
         logger.info("starting engine for %s from %s", model.name, model_path)
+        # Started on this thread, the replica's event loop, which lives as long as the replica: the engine's
+        # processes watch it with a parent-death signal (vllm_adapter.fate_share_engine_process).
         self._engine = await engine_cls.start(spec, placement_group=get_current_placement_group())
         # vLLM's `vllm:` metrics, labelled with this model and replica, go to the hub that serves /metrics.
         self._metrics = (start_engine_metrics(metrics_hub, model.name, self._engine.metrics_registry())

@@ -40,6 +40,8 @@ class EngineStage:
         from ray.util import get_current_placement_group
 
         self._loop = asyncio.new_event_loop()
+        # The engine starts on this thread, which runs as long as the actor: its processes watch it with a
+        # parent-death signal (vllm_adapter.fate_share_engine_process), so they die with the actor.
         threading.Thread(target=self._loop.run_forever, name="batch-engine-loop", daemon=True).start()
         start = self._start(model, max_in_flight, engine_cls, get_current_placement_group())
         self._engine, self._slots = self._on_loop(start).result()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +16,8 @@ import pytest
 from cluster.foreground import Background, gcs_reachable
 from serve_app.builder import DRAIN_POLL_S, drain_options, longest_drain_s
 from serve_app.config import ConfigError, parse_config
+from serve_app.model_source import CACHE_ENV
+from tests.conftest import REPO_ROOT
 
 
 def cluster(*drains: float | None) -> Any:
@@ -80,3 +86,33 @@ def test_a_gcs_is_reachable_while_it_listens() -> None:
 
 def test_an_address_it_cannot_check_counts_as_up() -> None:
     assert gcs_reachable("auto")
+
+
+def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
+    script = """
+import os, signal, sys, time
+from cluster.foreground import stop_on_signals
+stop = stop_on_signals()
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(0.2)
+print("stopping" if stop.is_set() else "missed", flush=True)
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(5)
+sys.exit(3)  # not reached: the second signal exits 0 at once
+"""
+    env = {**os.environ, CACHE_ENV: str(tmp_path)}  # where a stopping `serve` forgets its cluster
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "stopping"), done.stderr
+
+
+def test_a_stopping_serve_forgets_only_its_own_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cluster import ray_session
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    ray_session.record_local_cluster(ray_session.LocalCluster("127.0.0.1:1", "a", "http://x/v1", os.getpid() + 1))
+    ray_session.forget_local_cluster()  # another serve's record: kept
+    assert (tmp_path / "run" / "local-cluster.json").exists()
+    ray_session.record_local_cluster(ray_session.LocalCluster("127.0.0.1:1", "a", "http://x/v1", os.getpid()))
+    ray_session.forget_local_cluster()
+    assert ray_session.recorded_local_cluster() is None
