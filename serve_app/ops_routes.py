@@ -48,12 +48,7 @@ class OpsEndpoints:
         @app.get("/ready")
         async def ready(request: Request) -> Response:
             authorize(request)
-            state = await self._readiness()
-            if state.ready:
-                return JSONResponse({"status": "ready"})
-            body = openai_error(503, f"not ready: {state.reason}", request_id=request.state.request_id)
-            body["not_ready"] = list(state.not_ready)
-            return JSONResponse(body, status_code=503, headers={"Retry-After": str(READY_RETRY_AFTER_S)})
+            return await self.ready_response(request)
 
         @app.get("/admin/status")
         async def status(request: Request) -> Response:
@@ -68,6 +63,15 @@ class OpsEndpoints:
             load = {route.name: ModelLoad(route.queue.serving, route.queue.waiting) for route in self._routes}
             return JSONResponse(status_document(snapshot, self._app_name, self._models, self._judge(snapshot),
                                                 "router", self._clock(), load))
+
+    async def ready_response(self, request: Request) -> Response:
+        """200 when every model that must stay up has a running replica, else 503 naming the ones that lack one."""
+        state = await self._readiness()
+        if state.ready:
+            return JSONResponse({"status": "ready"})
+        body = openai_error(503, f"not ready: {state.reason}", request_id=request.state.request_id)
+        body["not_ready"] = list(state.not_ready)
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(READY_RETRY_AFTER_S)})
 
     async def _readiness(self) -> Readiness:
         return self._judge(await self._watch.latest())

@@ -85,48 +85,17 @@ def create_api(catalog: ModelCatalog, keys: KeyStore | None = None, gate: Gate |
     """The router's FastAPI app; every dependency is passed in, so tests can drive it with fakes.
 
     `assign_request_ids` is False behind Serve's proxy, which already gives each request its X-Request-Id.
-    `ops` adds /ready and /admin/status."""
-    keys = keys or KeyStore({})
+    `ops` adds /ready (and `/health?ready=1`) and /admin/status."""
     settings = settings or RouterConfig()
     metrics = metrics or RouterMetrics(catalog_queues(catalog.routes))
     app = FastAPI(title="llmcluster", docs_url=None, redoc_url=None, openapi_url=None, lifespan=metrics.lifespan)
     install_error_handlers(app)
     if assign_request_ids:
         app.add_middleware(RequestIdMiddleware)
-
-    def authorize(request: Request) -> Tenant | None:
-        request.state.request_id = _request_id(request)
-        for header in PROXY_ONLY_HEADERS:
-            if header in request.headers:
-                # Serve's proxy obeys these from anyone (meant for its own HAProxy): a client could lift the
-                # request timeout or keep generating after it hangs up. Refusing ends the request at once.
-                raise ApiError(400, f"the {header} header is not accepted", param=header)
-        if keys.open or request.url.path in settings.auth.public_paths:
-            return None
-        tenant = keys.authenticate(_bearer(request))
-        if tenant is None:
-            raise ApiError(401, "missing or invalid API key; send `Authorization: Bearer <key>`")
-        return tenant
-
-    @app.get("/health")
-    async def health(request: Request) -> Response:
-        authorize(request)
-        return JSONResponse({"status": "ok"})
-
+    authorize = Authorizer(keys or KeyStore({}), settings.auth.public_paths)
+    _install_info_routes(app, catalog, authorize, metrics, ops)
     if ops is not None:
         ops.install(app, authorize)
-
-    @app.get("/v1/models")
-    async def list_models(request: Request) -> Response:
-        tenant = authorize(request)
-        cards = [_model_card(name, route) for route in catalog.routes if tenant is None or tenant.may_use(route.name)
-                 for name in (route.name, *route.aliases)]
-        return JSONResponse({"object": "list", "data": cards})
-
-    @app.get("/metrics")
-    async def metrics_text(request: Request) -> Response:
-        authorize(request)
-        return Response(await metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     async def serve(endpoint: str, request: Request) -> Response:
         tenant = authorize(request)
@@ -143,6 +112,56 @@ def create_api(catalog: ModelCatalog, keys: KeyStore | None = None, gate: Gate |
         return await serve("completions", request)
 
     return app
+
+
+@dataclass(frozen=True)
+class Authorizer:
+    """Checks a request's API key (or lets it through on a public path) and gives it its request id.
+
+    A per-route call, not a middleware: Starlette's BaseHTTPMiddleware would pass every stream through a
+    memory stream of its own."""
+
+    keys: KeyStore
+    public_paths: tuple[str, ...]
+
+    def __call__(self, request: Request) -> Tenant | None:
+        request.state.request_id = _request_id(request)
+        for header in PROXY_ONLY_HEADERS:
+            if header in request.headers:
+                # Serve's proxy obeys these from anyone (meant for its own HAProxy): a client could lift the
+                # request timeout or keep generating after it hangs up. Refusing ends the request at once.
+                raise ApiError(400, f"the {header} header is not accepted", param=header)
+        if self.keys.open or request.url.path in self.public_paths:
+            return None
+        tenant = self.keys.authenticate(_bearer(request))
+        if tenant is None:
+            raise ApiError(401, "missing or invalid API key; send `Authorization: Bearer <key>`")
+        return tenant
+
+
+def _install_info_routes(app: FastAPI, catalog: ModelCatalog, authorize: Authorizer, metrics: RouterMetrics,
+                         ops: OpsEndpoints | None) -> None:
+    """/health, /v1/models and /metrics."""
+
+    @app.get("/health")
+    async def health(request: Request) -> Response:
+        authorize(request)
+        if ops is not None and request.query_params.get("ready", "").lower() in ("1", "true"):
+            # The same answer as /ready, for probes that can only be pointed at /health.
+            return await ops.ready_response(request)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> Response:
+        tenant = authorize(request)
+        cards = [_model_card(name, route) for route in catalog.routes if tenant is None or tenant.may_use(route.name)
+                 for name in (route.name, *route.aliases)]
+        return JSONResponse({"object": "list", "data": cards})
+
+    @app.get("/metrics")
+    async def metrics_text(request: Request) -> Response:
+        authorize(request)
+        return Response(await metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
 
 def install_error_handlers(app: FastAPI) -> None:

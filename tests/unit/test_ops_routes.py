@@ -46,6 +46,16 @@ def test_ready_is_503_while_a_required_model_loads_and_200_once_it_runs() -> Non
     assert http.get("/ready").json() == {"status": "ready"}
 
 
+def test_health_with_ready_answers_as_ready_does_and_plain_health_stays_liveness() -> None:
+    watch = FixedWatch(snapshot(LOADING))
+    http, _ = client(watch, KEYS)  # /health is public: a probe sends no key
+    assert http.get("/health").json() == {"status": "ok"}
+    waiting = http.get("/health?ready=1")
+    assert waiting.status_code == 503 and waiting.json()["not_ready"] == ["chat"]
+    watch.snapshot = snapshot(RUNNING)
+    assert http.get("/health", params={"ready": "true"}).json() == {"status": "ready"}
+
+
 def test_ready_says_why_when_the_state_is_unknown() -> None:
     http, _ = client(FixedWatch(None, error="ConnectionError: controller gone"))
     response = http.get("/ready")
