@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -17,10 +17,14 @@ from cluster import ray_session
 from cluster import render_command
 from cluster import status_command
 from cluster.console import console, fail, warn
-from serve_app.config import ClusterConfig, ConfigError, load_config
 from serve_app.log_setup import LogFormat, configure_logging
-from serve_app.tracing import exporter_env
-from serve_app.tenancy.keys import KeyStore, KeysFileError, load_key_store, pin_keys_file, served_model_names
+
+if TYPE_CHECKING:
+    from serve_app.config import ClusterConfig
+    from serve_app.tenancy.keys import KeyStore
+
+# The config models (pydantic) and the key store load inside the commands that need them, so that light
+# commands such as `llmcluster status` start fast on a machine busy serving.
 
 app = typer.Typer(help="An OpenAI-compatible LLM serving cluster on Ray.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -33,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 
 def _load(path: Path) -> ClusterConfig:
+    from serve_app.config import ConfigError, load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -41,6 +47,8 @@ def _load(path: Path) -> ClusterConfig:
 
 def _load_keys(cluster: ClusterConfig) -> KeyStore:
     """The API keys the router will load, read now so a bad keys file stops the command before anything starts."""
+    from serve_app.tenancy.keys import KeysFileError, load_key_store, served_model_names
+
     try:
         return load_key_store(cluster.router, served_model_names(cluster))
     except KeysFileError as exc:
@@ -117,6 +125,7 @@ def _join_or_start_ray(cluster: ClusterConfig, address: Optional[str]) -> Option
         ray_session.join_ray(address)
         return None
     from serve_app.model_source import resolve_source
+    from serve_app.tracing import exporter_env
 
     for model in cluster.models:  # convert builtin models up front: a failure shows here, not in a replica
         resolve_source(model.source)
@@ -126,6 +135,8 @@ def _join_or_start_ray(cluster: ClusterConfig, address: Optional[str]) -> Option
 
 def _serving_config(path: Path, port: Optional[int], log_format: Optional[LogFormat] = None) -> ClusterConfig:
     """The config to deploy, its API keys checked: a bad keys file stops `serve` before Ray starts."""
+    from serve_app.tenancy.keys import pin_keys_file
+
     cluster = _load(path)
     router = pin_keys_file(cluster.router)
     if port is not None:

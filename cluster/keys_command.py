@@ -6,11 +6,10 @@ import secrets
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
 from cluster.console import fail
-from serve_app.tenancy.keys import digest_of
-from serve_app.tenancy.keys_file import ALL_MODELS, KeyEntry
+
+# The key store and its schema (pydantic) load when a key is made, not with every `llmcluster` command.
 
 keys_app = typer.Typer(help="API keys for the keys file (router.auth.keys_file).", no_args_is_help=True)
 
@@ -25,6 +24,8 @@ def new_key() -> str:
 
 def entry_yaml(name: str, key: str) -> str:
     """A keys-file list item for `key`, with its optional fields as comments to fill in."""
+    from serve_app.tenancy.keys import digest_of
+
     return (f"  - name: {name}\n"
             f"    key_sha256: {digest_of(key)}\n"
             f'    models: ["*"]          # every model: narrow it to the names or aliases this key may use\n'
@@ -39,6 +40,11 @@ def new(name: Annotated[str, typer.Argument(
     """Print a new random API key and a keys-file entry holding its SHA-256 digest.
 
     The key is shown once and stored nowhere: hand it to its holder, paste the entry under `keys:`."""
+    from pydantic import ValidationError
+
+    from serve_app.tenancy.keys import digest_of
+    from serve_app.tenancy.keys_file import ALL_MODELS, KeyEntry
+
     key = new_key()
     try:  # the entry's own schema checks the name
         KeyEntry(name=name, key_sha256=digest_of(key), models=(ALL_MODELS,))

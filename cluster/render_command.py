@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from cluster.console import fail, warn
-from serve_app.config import ConfigError, load_config
 
 render_app = typer.Typer(help="Render a config into deployable manifests.", no_args_is_help=True)
 
@@ -30,6 +29,7 @@ def k8s(
     from cluster.k8s_pods import keys_secret_command
     from cluster.k8s_render import render_files, write_files
     from cluster.node_pools import PoolError
+    from serve_app.config import ConfigError, load_config
 
     try:
         cluster = load_config(config)

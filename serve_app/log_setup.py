@@ -8,10 +8,12 @@ import sys
 from contextvars import ContextVar, Token
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from serve_app.observability_config import LoggingSettings
 from serve_app.serve_internals import serve_request_id
+
+if TYPE_CHECKING:  # the config models load pydantic; a log setup does not need them
+    from serve_app.observability_config import LoggingSettings
 
 # Set where llmcluster itself learns a request's id outside Serve (the router run alone); inside a Serve
 # replica, Serve's own request context already holds it, for every line logged while serving that request.
