@@ -9,6 +9,7 @@ from ray.serve import Application
 
 from serve_app.config import ClusterConfig, ModelConfig, load_config, parse_config
 from serve_app.llm_server import LLMServer
+from serve_app.log_setup import internal_logging_config
 from serve_app.metrics.hub_deployment import METRICS_HUB_DEPLOYMENT, MetricsHubReplica
 from serve_app.names import MODEL_DEPLOYMENT_PREFIX, ROUTER_DEPLOYMENT, model_deployment_name
 from serve_app.placement import replica_placement
@@ -103,7 +104,7 @@ def ledger_application(config: ClusterConfig) -> Application:
     """The quota ledger all router replicas lease from: one replica, no reserved core (it only counts)."""
     ledger = serve.deployment(LedgerReplica).options(
         name=LEDGER_DEPLOYMENT, num_replicas=1, max_ongoing_requests=ROUTER_MAX_ONGOING_REQUESTS,
-        ray_actor_options={"num_cpus": 0})
+        ray_actor_options={"num_cpus": 0}, logging_config=internal_logging_config(config.logging))
     return ledger.bind(config.router, served_model_names(config))
 
 
@@ -111,7 +112,7 @@ def metrics_hub_application(config: ClusterConfig) -> Application:
     """The hub every router and engine replica sends its metrics to, for /metrics: one replica, no core."""
     hub = serve.deployment(MetricsHubReplica).options(
         name=METRICS_HUB_DEPLOYMENT, num_replicas=1, max_ongoing_requests=ROUTER_MAX_ONGOING_REQUESTS,
-        ray_actor_options={"num_cpus": 0})
+        ray_actor_options={"num_cpus": 0}, logging_config=internal_logging_config(config.logging))
     return hub.bind({model_deployment_name(model): model.name for model in config.models})
 
 

@@ -23,6 +23,7 @@ ENDPOINTS = ("chat", "completions")
 # vLLM writes compact JSON: these two marks find its final usage chunk without parsing every chunk.
 _USAGE_MARK = '"usage":{'
 _NO_CHOICES_MARK = '"choices":[]'
+_DONE_LINE = "data: [DONE]"
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class ReplyHead:
 
 @dataclass(frozen=True)
 class ReplyEnd:
-    """Last item of a streamed reply: its token usage, for quotas. The router keeps it from the client."""
+    """The token usage of a streamed reply, for quotas and metrics, sent just before [DONE]. The router keeps it
+    from the client."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -78,6 +80,25 @@ def usage_of(chunk: str) -> ReplyEnd:
         return ReplyEnd(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
     except (ValueError, KeyError, TypeError, AttributeError):
         return ReplyEnd()
+
+
+async def stream_items(chunks: AsyncIterator[str], client_wants_usage: bool) -> AsyncIterator[str | ReplyEnd]:
+    """The engine's SSE chunks, with the token count as a ReplyEnd just before [DONE] (or last, without one).
+
+    The count goes before [DONE] because a client hangs up on [DONE], and the router may stop reading then.
+    The usage chunk reaches the client only if it asked for it."""
+    end: ReplyEnd | None = ReplyEnd()
+    async for chunk in chunks:
+        if _USAGE_MARK in chunk and _NO_CHOICES_MARK in chunk:  # the usage chunk vLLM sends before [DONE]
+            end = usage_of(chunk)
+            if not client_wants_usage:
+                continue
+        elif chunk.startswith(_DONE_LINE) and end is not None:
+            yield end
+            end = None
+        yield chunk
+    if end is not None:
+        yield end
 
 
 class LLMServer:
@@ -120,14 +141,8 @@ class LLMServer:
         yield ReplyHead(reply.status, streaming=reply.stream is not None, body=reply.body)
         if reply.stream is None:
             return
-        end = ReplyEnd()
-        async for chunk in reply.stream:
-            if _USAGE_MARK in chunk and _NO_CHOICES_MARK in chunk:  # the usage chunk vLLM sends last
-                end = usage_of(chunk)
-                if not client_wants_usage:
-                    continue
-            yield chunk
-        yield end
+        async for item in stream_items(reply.stream, client_wants_usage):
+            yield item
 
     def stats(self) -> dict[str, Any]:
         return {"model": self._model.name, "unfinished_requests": self._engine.unfinished_requests(),

@@ -37,6 +37,12 @@ def serve_logging_config(settings: LoggingSettings) -> dict[str, Any] | None:
     return {"encoding": "JSON"} if settings.format == "json" else None
 
 
+def internal_logging_config(settings: LoggingSettings) -> dict[str, Any]:
+    """Serve's `logging_config` of the internal deployments (quota ledger, metrics hub): no access log, whose
+    line per lease or metrics push would bury the lines about requests."""
+    return {**(serve_logging_config(settings) or {}), "enable_access_log": False}
+
+
 def bind_request_id(request_id: str) -> Token[str | None]:
     return _request_id.set(request_id)
 

@@ -173,6 +173,8 @@ class RelayedStream(StreamingResponse):
                         if line is not None:
                             sent.append(line)
                             observation.token()
+                            if "data: [DONE]" in line:
+                                self._status = 200  # complete for the client, which may hang up on it
                             yield line
                     elif isinstance(item, ReplyEnd):
                         self._end, self._tokens = item, item.total_tokens

@@ -69,7 +69,7 @@ def echo_script(words: list[str]) -> Callable[[str, dict[str, Any]], AsyncIterat
         yield ReplyHead(200, streaming=True)
         for word in words:
             yield f"data: {json.dumps({'delta': word})}\n\n"
+        yield ReplyEnd(prompt_tokens=10, completion_tokens=len(words))  # before [DONE], as LLMServer sends it
         yield "data: [DONE]\n\n"
-        yield ReplyEnd(prompt_tokens=10, completion_tokens=len(words))
 
     return script

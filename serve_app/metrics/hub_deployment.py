@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from serve_app.metrics.families import families_of
+from serve_app.metrics.families import Family, families_of
 from serve_app.metrics.hub import PUSH_EVERY_S, MetricsHub
 from serve_app.metrics.hub_link import HubLink, ServeHubClient, replica_id
 from serve_app.metrics.router_metrics import RouterMetrics, catalog_queues
@@ -37,30 +36,23 @@ def start_engine_metrics(hub_handle: Any, model: str, registry: Any) -> HubLink:
 
 
 class MetricsHubReplica(MetricsHub):
-    """The cluster's one hub, a Serve deployment of one replica; it also polls Serve for replica states."""
+    """The cluster's one hub, a Serve deployment of one replica. Its replica counts come from the same watch of
+    Serve's state as the router's /ready, refreshed only while /metrics is scraped."""
 
-    async def __init__(self, model_deployments: Mapping[str, str]) -> None:
+    def __init__(self, model_deployments: Mapping[str, str]) -> None:
         from ray import serve
+
+        from serve_app.cluster_state import StateWatch, serve_snapshot
 
         super().__init__(model_deployments)
         self._app = serve.get_replica_context().app_name
-        self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
+        # A scrape must not wait for a first snapshot (the router gives the hub 2 s); Prometheus scrapes
+        # every 15 to 60 s, so the watch keeps running between scrapes.
+        self._watch = StateWatch(serve_snapshot, every_s=PUSH_EVERY_S, first_wait_s=0.5, idle_stop_s=300)
 
-    async def _poll_forever(self) -> None:
-        while True:
-            try:
-                # serve.status() blocks on the controller: off the event loop that answers pushes and scrapes.
-                self.record_replicas(await asyncio.to_thread(_replica_states, self._app))
-            except Exception as exc:  # the last counts stay; Serve's controller may be restarting
-                logger.warning("could not read replica states from Serve: %r", exc)
-            await asyncio.sleep(PUSH_EVERY_S)
-
-
-def _replica_states(app: str) -> dict[str, dict[str, int]]:
-    from ray import serve
-
-    application = serve.status().applications.get(app)
-    if application is None:
-        return {}
-    return {name: {str(getattr(state, "value", state)): count for state, count in dep.replica_states.items()}
-            for name, dep in application.deployments.items()}
+    async def gather(self, exclude: str | None = None) -> list[Family]:
+        snapshot = await self._watch.latest()  # the last counts stay while Serve's controller cannot answer
+        app = snapshot.apps.get(self._app) if snapshot is not None else None
+        if app is not None:
+            self.record_replicas({name: dep.state_counts() for name, dep in app.deployments.items()})
+        return await super().gather(exclude)

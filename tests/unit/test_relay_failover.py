@@ -81,8 +81,8 @@ def stream_that_breaks_after(words: list[str]) -> Any:
         yield chunk("chatcmpl-second", role=True)
         for word in (" three", " four"):
             yield chunk("chatcmpl-second", word)
-        yield "data: [DONE]\n\n"
         yield ReplyEnd(prompt_tokens=12, completion_tokens=2)
+        yield "data: [DONE]\n\n"
 
     return script
 
