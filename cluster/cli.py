@@ -175,7 +175,12 @@ def shutdown(address: AddressOption = None,
     from cluster.deploy import remove
 
     names = [name] if name else list(serve.status().applications)
-    removed = [n for n in names if remove(n)]
+    removed = []
+    for app_name in names:
+        console.print(f"removing {app_name}: replicas finish their requests in flight first "
+                      "(up to models[].drain_timeout_s)")
+        if remove(app_name):
+            removed.append(app_name)
     console.print(f"removed {', '.join(removed)}" if removed else "nothing to remove")
 
 

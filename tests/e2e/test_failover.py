@@ -15,13 +15,18 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.conftest import Server, start_server, stop_server
+from cluster.ray_session import recorded_local_cluster
+from tests.conftest import REPO_ROOT
+from tests.e2e.conftest import CLI, STOP_TIMEOUT_S, Server, start_server, stop_server
+from tests.processes import kill_all, outliving, process_tree
 
 APP = "failover"
 DEPLOYMENT = "model-smollm2"
 ENGINE = {"dtype": "float32", "max_model_len": 1024, "enforce_eager": True, "kv_cache_memory_bytes": 1 << 29}
 STREAMS, REQUESTS = 10, 50
 STREAM_TOKENS = 96
+# Long enough to still be streaming when `llmcluster shutdown` has joined Ray and deleted the application.
+DRAINED_STREAM_TOKENS = 400
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,7 @@ def failover_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     (folder / "failover.yaml").write_text(yaml.safe_dump(config))
     running = start_server(folder / "failover.yaml", folder / "serve.log")
     yield running
-    assert stop_server(running) == 0, running.log_tail()
+    assert stop_server(running) == 0, running.log_tail()  # at once, when the last test has shut it down
 
 
 @dataclass
@@ -45,8 +50,8 @@ class StreamRecord:
     done: bool = False
 
 
-def stream_one(base_url: str, prompt: str, record: StreamRecord) -> None:
-    body = {"model": "smollm2", "prompt": prompt, "max_tokens": STREAM_TOKENS, "min_tokens": STREAM_TOKENS,
+def stream_one(base_url: str, prompt: str, record: StreamRecord, tokens: int = STREAM_TOKENS) -> None:
+    body = {"model": "smollm2", "prompt": prompt, "max_tokens": tokens, "min_tokens": tokens,
             "temperature": 0, "stream": True}
     with httpx.stream("POST", f"{base_url}/completions", json=body, timeout=300) as response:
         for line in response.iter_lines():
@@ -106,6 +111,41 @@ def test_a_replica_killed_under_load_loses_no_request_and_no_stream(failover_ser
     continued = failover_server.log.read_text(errors="replace").count("continues on another replica")
     print(f"{continued} streams continued on the other replica")
     assert continued > 0
+
+
+def test_shutdown_lets_a_long_stream_finish_then_serve_exits(failover_server: Server) -> None:
+    """`llmcluster shutdown` while a long generation streams: the replicas drain (drain_timeout_s, 120 s by
+    default), so the stream ends whole; then the foreground `llmcluster serve` exits 0 and leaves nothing."""
+    recorded = recorded_local_cluster()
+    assert recorded is not None and recorded.pid == failover_server.process.pid, "not this stack's record"
+    tree = process_tree(failover_server.process.pid)
+    record = StreamRecord()
+    stream = threading.Thread(target=stream_one, args=(failover_server.base_url, "A long story:", record),
+                              kwargs={"tokens": DRAINED_STREAM_TOKENS})
+    stream.start()
+    _wait_until(lambda: len(record.text) >= 3, seconds=120)
+    at_shutdown, started = len(record.text), time.monotonic()
+    shutdown = subprocess.Popen([CLI, "shutdown"], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    assert shutdown.stdout is not None and shutdown.stdout.readline().startswith("removing failover")
+    at_removal = len(record.text)  # the application is being deleted now: the stream must still be going
+    stream.join(timeout=300)
+    stream_ended = time.monotonic() - started
+    out, err = shutdown.communicate(timeout=600)
+    out = f"removing failover ...\n{out}"
+    removed_after = time.monotonic() - started
+    code = failover_server.process.wait(STOP_TIMEOUT_S)
+    left = outliving(tree, 30)
+    print(f"\nshutdown with a stream at token {at_shutdown} of {DRAINED_STREAM_TOKENS} (at {at_removal} when the "
+          f"application's removal began): the stream ended whole "
+          f"{stream_ended:.1f}s later, the application was removed after {removed_after:.1f}s, serve exited {code} "
+          f"after {time.monotonic() - started:.1f}s")
+    assert shutdown.returncode == 0 and "removed failover" in out, err[-2000:]
+    assert record.done and not record.errors, record.errors
+    assert at_removal < DRAINED_STREAM_TOKENS - 2, "the stream ended before the removal began: nothing to drain"
+    assert len(record.text) >= DRAINED_STREAM_TOKENS - 2, "the drain let the stream finish"
+    assert code == 0, failover_server.log_tail()
+    assert not left, f"outlived the run: {kill_all(left)}"
 
 
 def _wait_until(condition: object, seconds: float) -> None:
