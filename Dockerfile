@@ -6,7 +6,7 @@
 #           -t ghcr.io/llmcluster/llmcluster:0.1.0-cpu .
 #
 # The Ray version of the base image must match cluster/kuberay.py's RAY_VERSION (rayVersion in the manifests),
-# and vLLM matches serve_app/vllm_adapter.py's VLLM_VERSION; a unit test checks both.
+# and vLLM matches serve_app/vllm_adapter.py's VLLM_VERSION; tests/unit/test_pins.py checks every pin.
 ARG BASE=rayproject/ray:2.60.0-py311-gpu
 FROM ${BASE}
 ARG VARIANT=gpu

@@ -82,9 +82,10 @@ def _pin_node_ip_to_loopback() -> None:
     read from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when ray is first imported, maybe before this call.
     """
     os.environ[SINGLE_MACHINE_ENV] = "0"  # Ray's own processes import ray afresh
-    # vLLM's Ray executor requires its own idea of the node address (VLLM_HOST_IP, else the outward one) to
-    # match Ray's; the raylet hands this process's environment to every worker it starts.
-    os.environ.setdefault("VLLM_HOST_IP", LOOPBACK)
+    # vLLM's Ray executor requires its own idea of the node address (else the outward one) to match Ray's.
+    from serve_app.vllm_adapter import pin_engine_host
+
+    pin_engine_host(LOOPBACK)
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False

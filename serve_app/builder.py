@@ -8,6 +8,7 @@ from ray import serve
 from ray.serve import Application
 
 from serve_app.config import ClusterConfig, ModelConfig, load_config, parse_config
+from serve_app.engine_protocol import Engine
 from serve_app.llm_server import LLMServer
 from serve_app.log_setup import internal_logging_config
 from serve_app.metrics.hub_deployment import METRICS_HUB_DEPLOYMENT, MetricsHubReplica
@@ -71,7 +72,7 @@ def with_env(options: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     return {**options, "ray_actor_options": {**actor, "runtime_env": {**runtime_env, "env_vars": env_vars}}}
 
 
-def model_application(model: ModelConfig, engine_cls: type, metrics_hub: Application | None = None,
+def model_application(model: ModelConfig, engine_cls: type[Engine], metrics_hub: Application | None = None,
                       cluster: ClusterConfig | None = None) -> Application:
     """One model's deployment; `cluster` supplies the log format and the tracing exporter's environment."""
     env = exporter_env(cluster.router.tracing) if cluster else {}
@@ -85,7 +86,7 @@ def model_application(model: ModelConfig, engine_cls: type, metrics_hub: Applica
     return deployment.bind(model, engine_cls, metrics_hub, cluster.logging if cluster else None)
 
 
-def build_application(config: ClusterConfig, engine_cls: type = VLLMEngine) -> Application:
+def build_application(config: ClusterConfig, engine_cls: type[Engine] = VLLMEngine) -> Application:
     """The whole cluster as one Serve application; `engine_cls` is swapped for a fake in fast tests."""
     hub = metrics_hub_application(config)
     handles = {model.name: model_application(model, engine_cls, hub, config) for model in config.models}

@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app.config import ModelConfig
+from serve_app.engine_protocol import Endpoint, Engine, EngineReply, EngineSpec, answer
 from serve_app.log_setup import configure_logging
 from serve_app.model_source import resolve_source
 from serve_app.observability_config import LoggingSettings
-from serve_app.placement import cpu_thread_binding, executor_backend
-from serve_app.vllm_adapter import EngineReply, EngineSpec, VLLMEngine
+from serve_app.placement import rank_cores
+from serve_app.vllm_adapter import VLLMEngine, executor_backend
 
 logger = logging.getLogger(__name__)
 
-ENDPOINTS = ("chat", "completions")
 # vLLM writes compact JSON: these two marks find its final usage chunk without parsing every chunk.
 _USAGE_MARK = '"usage":{'
 _NO_CHOICES_MARK = '"choices":[]'
@@ -57,14 +57,22 @@ class ReplyEnd:
         return self.prompt_tokens + self.completion_tokens
 
 
-def engine_spec(model: ModelConfig, model_path: str) -> EngineSpec:
+def engine_spec(model: ModelConfig, model_path: str, allowed_cores: list[int] | None = None) -> EngineSpec:
+    """The engine of `model` in this process; a CPU replica of several ranks gets disjoint runs of
+    `allowed_cores` (default: the cores this process may use)."""
+    world_size = model.parallelism.world_size
+    cores: tuple[tuple[int, ...], ...] = ()
+    if model.resources.device == "cpu" and world_size > 1:
+        allowed = sorted(os.sched_getaffinity(0)) if allowed_cores is None else allowed_cores
+        cores = rank_cores(world_size, model.resources.cpus_per_worker, allowed)
     return EngineSpec(
         model_path=model_path,
         served_names=model.served_names,
         engine_args=dict(model.engine),
         tensor_parallel=model.parallelism.tensor,
         pipeline_parallel=model.parallelism.pipeline,
-        distributed_backend=executor_backend(model),
+        distributed_backend=executor_backend(model.resources.device, world_size),
+        rank_cores=cores,
         stall_timeout_s=model.health.stall_timeout_s,
     )
 
@@ -102,9 +110,10 @@ async def stream_items(chunks: AsyncIterator[str], client_wants_usage: bool) -> 
 
 
 class LLMServer:
-    """Serve replica of one model. `engine_cls` is VLLMEngine in production and a fake in fast tests."""
+    """Serve replica of one model. `engine_cls` is VLLMEngine in production and the fake of tests/engine_fakes.py
+    in fast tests."""
 
-    async def __init__(self, model: ModelConfig, engine_cls: type = VLLMEngine, metrics_hub: Any = None,
+    async def __init__(self, model: ModelConfig, engine_cls: type[Engine] = VLLMEngine, metrics_hub: Any = None,
                        log_settings: LoggingSettings | None = None) -> None:
         from ray.util import get_current_placement_group
 
@@ -113,31 +122,26 @@ class LLMServer:
         log_settings = log_settings or LoggingSettings()
         configure_logging(log_settings.format, log_settings.level, "serve_app")
         self._model = model
-        if model.resources.device == "cpu" and model.parallelism.world_size > 1:
-            # vLLM's automatic binding gives each rank a NUMA node; ranks sharing one node need explicit cores.
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(
-                model.parallelism.world_size, model.resources.cpus_per_worker, sorted(os.sched_getaffinity(0)))
         model_path = await asyncio.to_thread(resolve_source, model.source)
         spec = engine_spec(model, model_path)
         logger.info("starting engine for %s from %s", model.name, model_path)
         # Started on this thread, the replica's event loop, which lives as long as the replica: the engine's
         # processes watch it with a parent-death signal (vllm_adapter.fate_share_engine_process).
-        self._engine = await engine_cls.start(spec, placement_group=get_current_placement_group())
+        self._engine: Engine = await engine_cls.start(spec, placement_group=get_current_placement_group())
         # vLLM's `vllm:` metrics, labelled with this model and replica, go to the hub that serves /metrics.
         self._metrics = (start_engine_metrics(metrics_hub, model.name, self._engine.metrics_registry())
                          if metrics_hub is not None else None)
 
-    async def generate(self, endpoint: str, body: dict[str, Any], request_id: str) -> AsyncIterator[Any]:
+    async def generate(self, endpoint: str | Endpoint, body: dict[str, Any], request_id: str) -> AsyncIterator[Any]:
         """Accepted, then a ReplyHead, then (when streaming) the SSE lines as the engine makes them and a ReplyEnd."""
         yield Accepted(self._engine.max_model_len)
-        if endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint {endpoint!r}")
+        endpoint = Endpoint(endpoint)  # a ValueError for an endpoint engines do not answer
         client_wants_usage = wants_usage(body)
         options = body.get("stream_options")
         if body.get("stream") is True and not client_wants_usage and (options is None or isinstance(options, dict)):
             # Quotas need the token count of every stream; the client gets the usage chunk only if it asked.
             body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
-        reply: EngineReply = await getattr(self._engine, endpoint)(body, request_id)
+        reply: EngineReply = await answer(self._engine, endpoint, body, request_id)
         yield ReplyHead(reply.status, streaming=reply.stream is not None, body=reply.body)
         if reply.stream is None:
             return

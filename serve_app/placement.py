@@ -1,4 +1,4 @@
-"""Where a model replica runs: Ray resources, placement-group bundles and vLLM's executor, as plain data."""
+"""Where a model replica runs: Ray resources, placement-group bundles and CPU cores per rank, as plain data."""
 
 from __future__ import annotations
 
@@ -31,13 +31,6 @@ class ReplicaPlacement:
             options["placement_group_bundles"] = self.placement_group_bundles
             options["placement_group_strategy"] = self.placement_group_strategy
         return options
-
-
-def executor_backend(model: ModelConfig) -> str | None:
-    """vLLM's distributed executor: none for one worker, processes on CPU, Ray actors on GPU."""
-    if model.parallelism.world_size == 1:
-        return None
-    return "ray" if model.resources.device == "gpu" else "mp"
 
 
 def label_resources(model: ModelConfig) -> dict[str, float]:
@@ -75,8 +68,8 @@ def _gpu_placement(model: ModelConfig) -> ReplicaPlacement:
     )
 
 
-def cpu_thread_binding(world_size: int, cpus_per_worker: float, allowed_cores: list[int]) -> str:
-    """vLLM's VLLM_CPU_OMP_THREADS_BIND for a CPU replica: one disjoint run of cores per rank.
+def rank_cores(world_size: int, cpus_per_worker: float, allowed_cores: list[int]) -> tuple[tuple[int, ...], ...]:
+    """The cores of each rank of a CPU replica: one disjoint run per rank.
 
     The cores come from the replica process's own affinity and the CPU share Ray granted, never from fixed
     ids, so the same config binds correctly on any machine."""
@@ -85,5 +78,4 @@ def cpu_thread_binding(world_size: int, cpus_per_worker: float, allowed_cores: l
     if len(allowed_cores) < needed:
         raise ValueError(f"{world_size} CPU ranks x {per_rank} core(s) need {needed} cores; "
                          f"this process may use {len(allowed_cores)}: lower parallelism or cpus_per_worker")
-    chunks = [allowed_cores[rank * per_rank:(rank + 1) * per_rank] for rank in range(world_size)]
-    return "|".join(",".join(str(core) for core in chunk) for chunk in chunks)
+    return tuple(tuple(allowed_cores[rank * per_rank:(rank + 1) * per_rank]) for rank in range(world_size))

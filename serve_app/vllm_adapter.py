@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from serve_app.engine_protocol import EngineReply, EngineSpec
 from serve_app.errors import openai_error
 from serve_app.liveness import StallWatch
 from serve_app.process_fate import die_with_parent
@@ -25,6 +26,12 @@ VLLM_VERSION = "0.32.0"
 FATE_SHARING_PLUGIN = "llmcluster_fate_sharing"
 # vLLM's names for the processes it starts: EngineCore (EngineCore_DP<n>) and its workers (VllmWorker-<rank>).
 _ENGINE_PROCESSES = ("EngineCore", "VllmWorker")
+# vLLM's executors: its worker processes beside the engine (CPU), or Ray actors in the replica's placement group.
+PROCESS_EXECUTOR, RAY_EXECUTOR = "mp", "ray"
+# The cores each CPU rank binds its threads to: "0,1|2,3" binds rank 0 to cores 0-1 and rank 1 to cores 2-3.
+CPU_BINDING_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+# The node address vLLM's Ray executor gives its workers; it must agree with the address Ray uses.
+ENGINE_HOST_ENV = "VLLM_HOST_IP"
 
 
 # The engine arguments of the pinned vLLM, kept beside this module so a config is checked without
@@ -45,30 +52,36 @@ def installed_engine_arg_names() -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(AsyncEngineArgs))
 
 
-@dataclass(frozen=True)
-class EngineSpec:
-    """What one engine replica runs: resolved weights, the names it answers to, and vLLM arguments."""
-
-    model_path: str
-    served_names: tuple[str, ...]
-    engine_args: dict[str, Any] = field(default_factory=dict)
-    tensor_parallel: int = 1
-    pipeline_parallel: int = 1
-    distributed_backend: str | None = None  # "mp" on CPU, "ray" inside a GPU placement group
-    stall_timeout_s: float | None = None  # busy without an engine step this long: hung; None: never checked
+def executor_backend(device: str, world_size: int) -> str | None:
+    """vLLM's distributed executor: none for one worker, processes on CPU, Ray actors on GPU (vLLM's CPU build
+    refuses the Ray executor)."""
+    if world_size == 1:
+        return None
+    return RAY_EXECUTOR if device == "gpu" else PROCESS_EXECUTOR
 
 
-@dataclass
-class EngineReply:
-    """An answer from the OpenAI layer: a JSON body with its status, or a stream of SSE lines."""
+def pin_engine_host(address: str) -> None:
+    """Make `address` the node address of vLLM's Ray executor unless one is set; Ray hands this process's
+    environment to the workers it starts, engines included."""
+    os.environ.setdefault(ENGINE_HOST_ENV, address)
 
-    status: int
-    body: dict[str, Any] | None = None
-    stream: AsyncIterator[str] | None = None
+
+def cpu_binding_env(spec: EngineSpec) -> dict[str, str]:
+    """The environment that binds each CPU rank of `spec` to its own cores; empty when vLLM may choose. vLLM's
+    automatic binding gives each rank a NUMA node, and ranks sharing one node need explicit cores."""
+    if not spec.rank_cores:
+        return {}
+    return {CPU_BINDING_ENV: "|".join(",".join(str(core) for core in cores) for cores in spec.rank_cores)}
+
+
+def _bind_cpu_ranks(spec: EngineSpec) -> None:
+    # Set before vLLM starts its worker processes, which inherit it; it serves both the replica and batch paths.
+    os.environ.update(cpu_binding_env(spec))
 
 
 class VLLMEngine:
-    """vLLM's AsyncLLM with its own OpenAI serving layer in front (chat, completions, models)."""
+    """The `Engine` of production: vLLM's AsyncLLM with its own OpenAI serving layer in front (chat,
+    completions, models)."""
 
     def __init__(self, client: Any, state: Any, watch: StallWatch | None = None) -> None:
         self._client = client
@@ -88,6 +101,7 @@ class VLLMEngine:
         from starlette.datastructures import State
 
         warn_unless_fate_shared()
+        _bind_cpu_ranks(spec)
         engine_args = AsyncEngineArgs(**_engine_kwargs(spec))
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
         if placement_group is not None:
@@ -175,6 +189,7 @@ class OfflineEngine:
     def __init__(self, spec: EngineSpec) -> None:
         from vllm import LLM
 
+        _bind_cpu_ranks(spec)
         self._llm = LLM(**_engine_kwargs(spec))
 
     def generate(self, prompts: list[str], sampling: dict[str, Any]) -> list[int]:

@@ -1,13 +1,13 @@
-"""A fake serving engine with VLLMEngine's surface, for Serve tests without a model: it starts slowly on
-request, answers at once, and hangs for good (as a stuck engine core does) when a prompt says HANG_WORD."""
+"""The fake `Engine` of the tests, for Serve and batch tests without a model: it starts slowly on request,
+answers at once, and hangs for good (as a stuck engine core does) when a prompt says HANG_WORD."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any, ClassVar
 
+from serve_app.engine_protocol import EngineReply, EngineSpec
 from serve_app.liveness import StallWatch
-from serve_app.vllm_adapter import EngineReply, EngineSpec
 
 HANG_WORD = "please-hang-now"
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from cluster.batch.output import answer_row, encode
 from serve_app.config import ModelConfig
+from serve_app.engine_protocol import Endpoint, Engine, answer
 from serve_app.llm_server import engine_spec
 from serve_app.model_source import resolve_source
 from serve_app.vllm_adapter import VLLMEngine
@@ -36,7 +37,7 @@ class EngineStage:
     engine is; Ray Data's calls (many at once) hand their rows over to that loop and wait for the answers."""
 
     def __init__(self, model: ModelConfig, max_in_flight: int | None = None,
-                 engine_cls: type = VLLMEngine) -> None:
+                 engine_cls: type[Engine] = VLLMEngine) -> None:
         from ray.util import get_current_placement_group
 
         self._loop = asyncio.new_event_loop()
@@ -50,8 +51,8 @@ class EngineStage:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     @staticmethod
-    async def _start(model: ModelConfig, max_in_flight: int | None, engine_cls: type,
-                     placement_group: Any) -> tuple[Any, asyncio.Semaphore]:
+    async def _start(model: ModelConfig, max_in_flight: int | None, engine_cls: type[Engine],
+                     placement_group: Any) -> tuple[Engine, asyncio.Semaphore]:
         model_path = await asyncio.to_thread(resolve_source, model.source)
         logger.info("starting engine for %s from %s", model.name, model_path)
         engine = await engine_cls.start(engine_spec(model, model_path), placement_group=placement_group)
@@ -69,10 +70,9 @@ class EngineStage:
             return {"output": row["output"], "prompt_tokens": 0, "completion_tokens": 0, "failed": True,
                     "started_at": math.nan}
         request_id = f"req_{uuid.uuid4().hex}"
-        call = self._engine.chat if row["endpoint"] == "chat" else self._engine.completions
         async with self._slots:
             started_at = time.time()  # wall clock: the driver compares it with its own, maybe on another node
-            reply = await call(json.loads(row["body"]), request_id)
+            reply = await answer(self._engine, Endpoint(row["endpoint"]), json.loads(row["body"]), request_id)
         if reply.status >= 500:
             # A dead engine raises here, failing the job instead of writing an error for every row left;
             # a rerun resumes once the cause is fixed.

@@ -20,6 +20,7 @@ from cluster.batch.progress import BatchSummary, LogProgress, RichProgress, Tall
 from cluster.batch.resume import answered_ids
 from serve_app.config import ClusterConfig, ModelConfig, load_config
 from serve_app.model_source import resolve_source
+from serve_app.engine_protocol import Engine
 from serve_app.vllm_adapter import VLLMEngine
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class BatchError(ValueError):
 
 def run_batch(config: ClusterConfig | str | Path, model: str, input: str | Path, output: str | Path,
               address: str | None = None, quiet: bool = False, max_in_flight: int | None = None,
-              engine_cls: type = VLLMEngine) -> BatchSummary:
+              engine_cls: type[Engine] = VLLMEngine) -> BatchSummary:
     """Answer every request of the JSONL file `input` with `model` of `config`, appending OpenAI batch output
     lines to `output`. Requests already answered there are skipped, so rerunning after a crash or Ctrl-C
     finishes the job. Runs on a Ray cluster started for the job, or the one at `address`."""
@@ -67,7 +68,8 @@ def model_of(cluster: ClusterConfig, name: str) -> ModelConfig:
 
 
 def _run(plan: BatchPlan, model: ModelConfig, input_path: Path, output_path: Path, address: str | None,
-         max_in_flight: int | None, engine_cls: type, tally: Tally, view: LogProgress | RichProgress) -> bool:
+         max_in_flight: int | None, engine_cls: type[Engine], tally: Tally,
+         view: LogProgress | RichProgress) -> bool:
     """Runs the pipeline, appending its answers; True when a signal stopped it."""
     import ray
     from ray.data import DataContext

@@ -17,6 +17,7 @@ from cluster.batch.plan import CHUNK_LINES, BatchPlan, Chunk
 from cluster.batch.requests import Request, parse_line
 from serve_app.config import ModelConfig
 from serve_app.placement import replica_placement
+from serve_app.engine_protocol import Engine
 from serve_app.vllm_adapter import VLLMEngine
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ ASSUMED_IN_FLIGHT = 2048
 
 
 def build_dataset(plan: BatchPlan, model: ModelConfig, input_path: Path, max_in_flight: int | None = None,
-                  engine_cls: type = VLLMEngine) -> Dataset:
+                  engine_cls: type[Engine] = VLLMEngine) -> Dataset:
     """The dataset of output rows (columns: output, prompt_tokens, completion_tokens, failed) of `plan`."""
     import ray
     from ray.data import ActorPoolStrategy

@@ -8,7 +8,8 @@ import pytest
 
 from serve_app.builder import autoscaling_options, model_deployment_name
 from serve_app.config import ModelConfig
-from serve_app.placement import cpu_thread_binding, executor_backend, replica_placement
+from serve_app.placement import rank_cores, replica_placement
+from serve_app.vllm_adapter import executor_backend
 
 
 def model(**fields: Any) -> ModelConfig:
@@ -26,7 +27,7 @@ def test_tp8_is_one_gpu_bundle_per_worker_packed() -> None:
     assert len(bundles) == 8 and all(b["GPU"] == 1 for b in bundles)
     assert all(b["accelerator_type:H100"] > 0 for b in bundles)
     assert placement.placement_group_strategy == "PACK"
-    assert executor_backend(gpu(8)) == "ray"
+    assert executor_backend("gpu", 8) == "ray"
 
 
 def test_deepseek_shape_tp8_pp2_needs_sixteen_gpus_that_may_span_nodes() -> None:
@@ -57,24 +58,24 @@ def test_cpu_replica_reserves_cores_for_all_ranks_and_uses_processes() -> None:
     assert placement.placement_group_bundles is None
     assert placement.ray_actor_options["num_cpus"] == 2
     assert placement.ray_actor_options["resources"] == {"node_pool:cpu-pool": pytest.approx(0.001)}
-    assert executor_backend(cpu_tp2) == "mp"
-    assert executor_backend(model()) is None
+    assert executor_backend("cpu", cpu_tp2.parallelism.world_size) == "mp"
+    assert executor_backend("cpu", model().parallelism.world_size) is None
 
 
 @pytest.mark.parametrize("world, per_worker, cores, expected", [
-    (2, 1, [0, 1], "0|1"),
-    (2, 0.5, [4, 5, 6], "4|5"),
-    (2, 2, [0, 1, 2, 3], "0,1|2,3"),
-    (1, 1, [3], "3"),
+    (2, 1, [0, 1], ((0,), (1,))),
+    (2, 0.5, [4, 5, 6], ((4,), (5,))),
+    (2, 2, [0, 1, 2, 3], ((0, 1), (2, 3))),
+    (1, 1, [3], ((3,),)),
 ])
-def test_cpu_binding_takes_disjoint_cores_from_the_allowed_set(world: int, per_worker: float, cores: list[int],
-                                                               expected: str) -> None:
-    assert cpu_thread_binding(world, per_worker, cores) == expected
+def test_cpu_ranks_take_disjoint_cores_from_the_allowed_set(world: int, per_worker: float, cores: list[int],
+                                                            expected: tuple[tuple[int, ...], ...]) -> None:
+    assert rank_cores(world, per_worker, cores) == expected
 
 
-def test_cpu_binding_refuses_more_ranks_than_cores() -> None:
+def test_cpu_ranks_refuse_more_ranks_than_cores() -> None:
     with pytest.raises(ValueError, match="need 4 cores"):
-        cpu_thread_binding(4, 1, [0, 1])
+        rank_cores(4, 1, [0, 1])
 
 
 def test_autoscaling_options_carry_the_config() -> None:
