@@ -132,7 +132,7 @@ def print_status(document: dict[str, Any]) -> None:
     for column in ("model", "running / min", "replicas", "in flight", "queued"):
         models.add_column(column)
     for model in document["models"]:
-        replicas = ", ".join(f"{r['state'].lower()} on {r['node_ip'] or '?'}" for r in model["replicas"]) or "none"
+        replicas = ", ".join(replica_text(r) for r in model["replicas"]) or "none"
         models.add_row(model["name"], f"{model['running']} / {model['min_replicas']}", replicas,
                        _count(model["in_flight"]), _count(model["queued"]))
     console.print(models)
@@ -147,6 +147,17 @@ def print_status(document: dict[str, Any]) -> None:
         console.print(table)
     nodes = ", ".join(node["address"] for node in document["nodes"])
     console.print(f"nodes: {len(document['nodes'])} alive ({nodes}); {document['dead_nodes']} gone", highlight=False)
+
+
+def replica_text(replica: dict[str, Any]) -> str:
+    """One replica in the models table: its state and where it runs, with its GPUs on each node."""
+    state = replica["state"].lower()
+    if replica.get("waiting_for"):  # absent in the documents of routers older than this CLI
+        return f"{state}, waiting for {replica['waiting_for']}"
+    nodes = replica.get("nodes") or []
+    if not replica.get("gpus") or not nodes:
+        return f"{state} on {replica['node_ip'] or '?'}"
+    return f"{state} on " + " + ".join(f"{node['address'] or '?'} ({node['gpus']:g} GPUs)" for node in nodes)
 
 
 def _count(value: int | None) -> str:

@@ -17,6 +17,18 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 RUNNING = "RUNNING"
+# Ray's state of a placement group whose bundles all hold their resources.
+PLACED = "CREATED"
+# Resources every Ray node has; any other name in a bundle is a marker asking for a kind of node.
+_PLAIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+@dataclass(frozen=True)
+class NodeShare:
+    """The part of one replica on one node: the GPUs its placement group holds there."""
+
+    node_id: str
+    gpus: float
 
 
 @dataclass(frozen=True)
@@ -25,6 +37,9 @@ class ReplicaView:
     state: str  # Serve's ReplicaState: STARTING, RUNNING, STOPPING, ...
     node_id: str | None = None
     node_ip: str | None = None
+    gpus: float = 0.0  # GPUs the replica holds or waits for: its placement group's, else its actor's own
+    nodes: tuple[NodeShare, ...] = ()  # where it runs: its placement group's nodes, else its actor's node
+    waiting_for: str = ""  # what its placement group still waits for (no nodes can take it yet); "" once placed
 
 
 @dataclass(frozen=True)
@@ -73,11 +88,13 @@ class ClusterSnapshot:
         return app.deployments.get(name) if app else None
 
 
-def parse_snapshot(details: dict[str, Any], nodes: list[dict[str, Any]], taken_at: float) -> ClusterSnapshot:
-    """A snapshot from Serve's instance details (the dashboard's /api/serve/applications/ document) and
-    ray.nodes(); fields Serve leaves out read as empty."""
+def parse_snapshot(details: dict[str, Any], nodes: list[dict[str, Any]], taken_at: float,
+                   placement_groups: dict[str, dict[str, Any]] | None = None) -> ClusterSnapshot:
+    """A snapshot from Serve's instance details (the dashboard's /api/serve/applications/ document),
+    ray.nodes() and Ray's placement group table; fields Serve leaves out read as empty."""
+    groups = _groups_by_name(placement_groups or {})
     apps = {name: AppView(name, _text(app.get("status")), _text(app.get("message")),
-                          {dep_name: _deployment(dep_name, dep)
+                          {dep_name: _deployment(dep_name, dep, groups)
                            for dep_name, dep in (app.get("deployments") or {}).items()})
             for name, app in (details.get("applications") or {}).items()}
     views = tuple(NodeView(str(n.get("NodeID", "")), str(n.get("NodeManagerAddress", "")), bool(n.get("Alive")),
@@ -85,11 +102,58 @@ def parse_snapshot(details: dict[str, Any], nodes: list[dict[str, Any]], taken_a
     return ClusterSnapshot(apps, views, taken_at)
 
 
-def _deployment(name: str, dep: dict[str, Any]) -> DeploymentView:
-    replicas = tuple(ReplicaView(_text(r.get("replica_id")), _text(r.get("state")), r.get("node_id"),
-                                 r.get("node_ip")) for r in dep.get("replicas") or ())
+def _deployment(name: str, dep: dict[str, Any], groups: dict[str, dict[str, Any]]) -> DeploymentView:
+    config = dep.get("deployment_config") or {}
+    actor_gpus = float((config.get("ray_actor_options") or {}).get("num_gpus") or 0)
+    replicas = tuple(_replica(r, actor_gpus, groups.get(_text(r.get("actor_name"))))
+                     for r in dep.get("replicas") or ())
     return DeploymentView(name, _text(dep.get("status")), _text(dep.get("message")), replicas,
-                          _min_replicas(dep.get("deployment_config") or {}))
+                          _min_replicas(config))
+
+
+def _groups_by_name(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    # Serve names a replica's placement group after the replica's actor; a removed group is history.
+    return {group["name"]: group for group in table.values()
+            if group.get("name") and group.get("state") != "REMOVED"}
+
+
+def _replica(replica: dict[str, Any], actor_gpus: float, group: dict[str, Any] | None) -> ReplicaView:
+    node_id = replica.get("node_id")
+    if group is None:  # no placement group: the replica's actor is all there is of it
+        gpus, nodes, waiting = actor_gpus, ((NodeShare(node_id, actor_gpus),) if node_id else ()), ""
+    else:  # Serve's details leave the bundles out; the group has them
+        gpus = sum(float(bundle.get("GPU", 0)) for bundle in _bundles(group).values())
+        nodes = _group_nodes(group)
+        waiting = "" if group.get("state") == PLACED else _waiting_for(group)
+    return ReplicaView(_text(replica.get("replica_id")), _text(replica.get("state")), node_id,
+                       replica.get("node_ip"), gpus, nodes, waiting)
+
+
+def _bundles(group: dict[str, Any]) -> dict[int, dict[str, float]]:
+    return {int(index): bundle for index, bundle in (group.get("bundles") or {}).items()}
+
+
+def _group_nodes(group: dict[str, Any]) -> tuple[NodeShare, ...]:
+    """The nodes holding a placement group's bundles, with the GPUs of its bundles on each."""
+    bundles = _bundles(group)
+    per_node: dict[str, float] = {}
+    for index, node in (group.get("bundles_to_node_id") or {}).items():
+        if node:  # a bundle not placed yet has no node
+            per_node[node] = per_node.get(node, 0.0) + float(bundles.get(int(index), {}).get("GPU", 0))
+    return tuple(NodeShare(node, gpus) for node, gpus in per_node.items())
+
+
+def _waiting_for(group: dict[str, Any]) -> str:
+    """What a placement group that is not placed asks of the cluster, in an operator's words."""
+    bundles = list(_bundles(group).values())
+    total: dict[str, float] = {}
+    for bundle in bundles:
+        for resource, amount in bundle.items():
+            total[resource] = total.get(resource, 0.0) + float(amount)
+    plain = ", ".join(f"{total[r]:g} {r}" for r in _PLAIN_RESOURCES if total.get(r))
+    markers = sorted(r for r in total if r not in _PLAIN_RESOURCES)
+    where = f" on nodes with {', '.join(markers)}" if markers else ""
+    return f"{len(bundles)} bundles ({plain}){where}"
 
 
 def _text(value: Any) -> str:
@@ -161,6 +225,6 @@ class StateWatch:
 
 def serve_snapshot() -> ClusterSnapshot:
     """A snapshot read from the running Serve controller and Ray (blocking)."""
-    from serve_app.serve_internals import ray_nodes, serve_details
+    from serve_app.serve_internals import placement_groups, ray_nodes, serve_details
 
-    return parse_snapshot(serve_details(), ray_nodes(), time.time())
+    return parse_snapshot(serve_details(), ray_nodes(), time.time(), placement_groups())

@@ -36,3 +36,10 @@ def ray_nodes() -> list[dict[str, Any]]:
     import ray
 
     return ray.nodes()
+
+
+def placement_groups() -> dict[str, dict[str, Any]]:
+    """Ray's placement group table (public ray.util API): each group's name, state, bundles and their nodes."""
+    from ray.util import placement_group_table
+
+    return placement_group_table()

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from serve_app.cluster_state import RUNNING, AppView, ClusterSnapshot, DeploymentView
+from serve_app.cluster_state import RUNNING, AppView, ClusterSnapshot, DeploymentView, ReplicaView
 from serve_app.names import MODEL_DEPLOYMENT_PREFIX
 from serve_app.readiness import Readiness, ServedModel
 
@@ -24,6 +24,7 @@ def status_document(snapshot: ClusterSnapshot, app_name: str, models: list[Serve
     """The whole status as JSON-ready data; `models` are those of application `app_name`. `load` maps model
     names to the answering router replica's counts; without it (status read from Ray, not from a router)
     in_flight and queued are null."""
+    addresses = {node.id: node.address for node in snapshot.nodes}
     return {
         "source": source,
         "application": app_name,
@@ -32,7 +33,8 @@ def status_document(snapshot: ClusterSnapshot, app_name: str, models: list[Serve
         "not_ready": list(ready.not_ready),
         "reason": ready.reason,
         "applications": [_application(app) for app in snapshot.apps.values()],
-        "models": [_model(snapshot.deployment(app_name, model.deployment), model, load) for model in models],
+        "models": [_model(snapshot.deployment(app_name, model.deployment), model, load, addresses)
+                   for model in models],
         "nodes": [{"id": node.id, "address": node.address, "alive": node.alive, "resources": node.resources}
                   for node in snapshot.nodes if node.alive],
         "dead_nodes": sum(not node.alive for node in snapshot.nodes),
@@ -57,8 +59,8 @@ def _application(app: AppView) -> dict[str, Any]:
                              "message": dep.message, "engine": []} for dep in app.deployments.values()]}
 
 
-def _model(deployment: DeploymentView | None, model: ServedModel,
-           load: Mapping[str, ModelLoad] | None) -> dict[str, Any]:
+def _model(deployment: DeploymentView | None, model: ServedModel, load: Mapping[str, ModelLoad] | None,
+           addresses: Mapping[str, str]) -> dict[str, Any]:
     replicas = deployment.replicas if deployment else ()
     counts = load.get(model.name) if load is not None else None
     return {
@@ -66,7 +68,20 @@ def _model(deployment: DeploymentView | None, model: ServedModel,
         "deployment": model.deployment,
         "min_replicas": model.min_replicas,
         "running": sum(r.state == RUNNING for r in replicas),
-        "replicas": [{"id": r.id, "state": r.state, "node_id": r.node_id, "node_ip": r.node_ip} for r in replicas],
+        "replicas": [_replica(r, addresses) for r in replicas],
         "in_flight": counts.in_flight if counts else None,
         "queued": counts.queued if counts else None,
     }
+
+
+def _replica(replica: ReplicaView, addresses: Mapping[str, str]) -> dict[str, Any]:
+    # node_id/node_ip: where the replica's actor runs; nodes: every node holding part of it (a replica spanning
+    # nodes has its engine workers on all of them), with the GPUs it holds there.
+    return {"id": replica.id, "state": replica.state, "node_id": replica.node_id, "node_ip": replica.node_ip,
+            "gpus": _number(replica.gpus), "waiting_for": replica.waiting_for or None,
+            "nodes": [{"id": share.node_id, "address": addresses.get(share.node_id), "gpus": _number(share.gpus)}
+                      for share in replica.nodes]}
+
+
+def _number(value: float) -> int | float:
+    return int(value) if value.is_integer() else value

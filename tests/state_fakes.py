@@ -10,14 +10,22 @@ APP = "llmcluster"
 NOW = 1_000_000.0
 
 
-def replica(replica_id: str, state: str = "RUNNING", node: str = "node-1") -> dict[str, Any]:
-    return {"replica_id": replica_id, "state": state, "node_id": node, "node_ip": "10.0.0.1", "pid": 7,
-            "start_time_s": NOW - 60}
+def replica(replica_id: str, state: str = "RUNNING", node: str | None = "node-1") -> dict[str, Any]:
+    return {"replica_id": replica_id, "state": state, "node_id": node, "node_ip": "10.0.0.1" if node else None,
+            "pid": 7, "start_time_s": NOW - 60, "actor_name": f"SERVE_REPLICA::{APP}#dep#{replica_id}"}
 
 
 def deployment(*replicas: dict[str, Any], min_replicas: int | None = 1, status: str = "HEALTHY") -> dict[str, Any]:
     config: dict[str, Any] = {"num_replicas": min_replicas} if min_replicas is not None else {}
     return {"status": status, "message": "", "replicas": list(replicas), "deployment_config": config}
+
+
+def placement_group(replica_id: str, bundles: list[dict[str, float]], nodes: list[str],
+                    state: str = "CREATED") -> dict[str, Any]:
+    """A row of ray.util.placement_group_table() for the replica's group; `nodes` holds each placed bundle's."""
+    return {"placement_group_id": f"pg-{replica_id}-{state}", "name": f"SERVE_REPLICA::{APP}#dep#{replica_id}",
+            "bundles": dict(enumerate(bundles)), "bundles_to_node_id": dict(enumerate(nodes)),
+            "strategy": "PACK", "state": state}
 
 
 def details(deployments: dict[str, dict[str, Any]], app: str = APP) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from serve_app.log_setup import bind_request_id, current_request_id, unbind_requ
 from serve_app.readiness import Readiness, ServedModel
 from serve_app.status_report import ModelLoad, models_in, status_document
 from tests.quota_fakes import in_loop
-from tests.state_fakes import APP, NODES, NOW, deployment, details, replica, snapshot
+from tests.state_fakes import APP, NODES, NOW, deployment, details, placement_group, replica, snapshot
 
 
 def test_parse_reads_replicas_states_nodes_and_replica_floors() -> None:
@@ -39,6 +39,53 @@ def test_parse_reads_serves_enum_states_as_their_values() -> None:
     assert chat.running == 1 and chat.state_counts() == {"RUNNING": 1} and chat.status == "RUNNING"
 
 
+# One GPU worker per bundle, the replica's actor sharing the first, as serve_app/placement.py asks.
+GPU_BUNDLE = {"GPU": 1.0, "CPU": 4.0, "accelerator_type:H100": 0.001, "node_pool:h100": 0.001}
+SIXTEEN_BUNDLES = [{**GPU_BUNDLE, "CPU": 5.0}] + [dict(GPU_BUNDLE) for _ in range(15)]
+GPU_NODES = [{"NodeID": f"gpu-{i}", "NodeManagerAddress": f"10.0.1.{i}", "Alive": True, "Resources": {"GPU": 8.0}}
+             for i in (1, 2)]
+
+
+def test_a_replica_spanning_two_nodes_has_each_nodes_gpus() -> None:
+    dep = deployment(replica("big", node="gpu-1"))
+    groups = {"pg": placement_group("big", SIXTEEN_BUNDLES, ["gpu-1"] * 8 + ["gpu-2"] * 8)}
+    (big,) = parse_snapshot(details({"model-big": dep}), GPU_NODES, NOW, groups).deployment(APP, "model-big").replicas
+    assert big.gpus == 16 and big.waiting_for == ""
+    assert [(share.node_id, share.gpus) for share in big.nodes] == [("gpu-1", 8), ("gpu-2", 8)]
+
+
+def test_a_replica_whose_placement_group_waits_says_what_it_waits_for() -> None:
+    dep = deployment(replica("big", "STARTING", node=None))
+    groups = {"old": placement_group("big", SIXTEEN_BUNDLES, ["gpu-1"] * 16, state="REMOVED"),
+              "pg": placement_group("big", SIXTEEN_BUNDLES, [], state="PENDING")}
+    (big,) = parse_snapshot(details({"model-big": dep}), GPU_NODES, NOW, groups).deployment(APP, "model-big").replicas
+    assert big.nodes == () and big.gpus == 16
+    assert big.waiting_for == "16 bundles (65 CPU, 16 GPU) on nodes with accelerator_type:H100, node_pool:h100"
+
+
+def test_a_replica_without_a_placement_group_is_its_actors_node() -> None:
+    gpu_actor = {**deployment(replica("one", node="gpu-1")),
+                 "deployment_config": {"ray_actor_options": {"num_gpus": 1}}}
+    state = parse_snapshot(details({"model-one": gpu_actor, "model-cpu": deployment(replica("c", node="node-1")),
+                                    "model-new": deployment(replica("n", "STARTING", node=None))}), NODES, NOW, {})
+    assert state.deployment(APP, "model-one").replicas[0].nodes[0].gpus == 1
+    assert [(s.node_id, s.gpus) for s in state.deployment(APP, "model-cpu").replicas[0].nodes] == [("node-1", 0)]
+    assert state.deployment(APP, "model-new").replicas[0].nodes == ()
+
+
+def test_status_document_lists_each_replicas_nodes_with_their_addresses_and_gpus() -> None:
+    placed = deployment(replica("big", node="gpu-1"), replica("more", "STARTING", node=None))
+    groups = {"a": placement_group("big", SIXTEEN_BUNDLES, ["gpu-1"] * 8 + ["gpu-2"] * 8),
+              "b": placement_group("more", SIXTEEN_BUNDLES, [], state="PENDING")}
+    state = parse_snapshot(details({"model-big": placed}), GPU_NODES, NOW, groups)
+    doc = status_document(state, APP, [ServedModel("big", "model-big", 1)], Readiness(True), "ray", NOW)
+    running, waiting = doc["models"][0]["replicas"]
+    assert running["gpus"] == 16 and running["waiting_for"] is None
+    assert running["nodes"] == [{"id": "gpu-1", "address": "10.0.1.1", "gpus": 8},
+                                {"id": "gpu-2", "address": "10.0.1.2", "gpus": 8}]
+    assert waiting["nodes"] == [] and waiting["waiting_for"].startswith("16 bundles (65 CPU, 16 GPU)")
+
+
 def test_parse_tolerates_what_serve_leaves_out() -> None:
     state = parse_snapshot({}, [], NOW)
     assert state.apps == {} and state.nodes == ()
@@ -51,7 +98,9 @@ def test_status_document_has_models_replicas_nodes_and_the_routers_load() -> Non
     assert doc["source"] == "router" and doc["ready"] and doc["age_s"] == 1.5
     (model,) = doc["models"]
     assert model["running"] == 1 and model["in_flight"] == 3 and model["queued"] == 2
-    assert model["replicas"] == [{"id": "a", "state": "RUNNING", "node_id": "node-1", "node_ip": "10.0.0.1"}]
+    assert model["replicas"] == [{"id": "a", "state": "RUNNING", "node_id": "node-1", "node_ip": "10.0.0.1",
+                                  "gpus": 0, "waiting_for": None,
+                                  "nodes": [{"id": "node-1", "address": "10.0.0.1", "gpus": 0}]}]
     (app,) = doc["applications"]
     assert {d["name"]: d["replicas"] for d in app["deployments"]} == {"model-chat": {"RUNNING": 1},
                                                                       "router": {"RUNNING": 1}}

@@ -106,3 +106,24 @@ def test_the_table_shows_models_replicas_and_nodes(router: str, no_ray: list) ->
     assert result.exit_code == 0, result.output
     for text in ("ready", "chat", "1 / 1", "running on 10.0.0.1", "model-chat", "nodes: 1 alive (10.0.0.1)"):
         assert text in result.output
+
+
+def test_a_replica_spanning_nodes_shows_each_node_with_its_gpus() -> None:
+    replica = {"id": "a", "state": "RUNNING", "node_id": "n1", "node_ip": "10.0.1.1", "gpus": 16,
+               "waiting_for": None, "nodes": [{"id": "n1", "address": "10.0.1.1", "gpus": 8},
+                                              {"id": "n2", "address": "10.0.1.2", "gpus": 8}]}
+    assert status_command.replica_text(replica) == "running on 10.0.1.1 (8 GPUs) + 10.0.1.2 (8 GPUs)"
+
+
+def test_a_replica_that_cannot_be_placed_says_what_it_waits_for() -> None:
+    replica = {"id": "b", "state": "STARTING", "node_id": None, "node_ip": None, "gpus": 16, "nodes": [],
+               "waiting_for": "16 bundles (65 CPU, 16 GPU) on nodes with accelerator_type:H100, node_pool:h100"}
+    assert status_command.replica_text(replica) == ("starting, waiting for 16 bundles (65 CPU, 16 GPU) on nodes "
+                                                    "with accelerator_type:H100, node_pool:h100")
+
+
+def test_a_cpu_replica_and_an_older_routers_replica_show_their_node() -> None:
+    cpu = {"id": "c", "state": "RUNNING", "node_id": "n", "node_ip": "10.0.0.1", "gpus": 0, "waiting_for": None,
+           "nodes": [{"id": "n", "address": "10.0.0.1", "gpus": 0}]}
+    older = {"id": "d", "state": "RUNNING", "node_id": "n", "node_ip": "10.0.0.1"}
+    assert status_command.replica_text(cpu) == status_command.replica_text(older) == "running on 10.0.0.1"
