@@ -128,7 +128,7 @@ def deepseek(gpus: SimulatedCluster) -> DeepSeek:
     config = simulated_config(DEEPSEEK, gpus.port, (DEEPSEEK,), **FAST_SCALING)
     gpus.deploy(config, PlacementProbeEngine)
     waiting = watch(gpus.url, "a DeepSeek replica waiting for nodes", 1)
-    second = gpus.add(DEEPSEEK, rendered.groups[POOL], rendered.initial_nodes[POOL] - 1)
+    second = gpus.add(DEEPSEEK, rendered.groups[POOL])  # the two nodes one replica needs, no more
     placed = wait_for("the DeepSeek replica to run", lambda: _running(gpus.url, DEEPSEEK, 1), TIMEOUT_S)
     report = engine_report(gpus.url, DEEPSEEK)
     scaling = config.model(DEEPSEEK).autoscaling
