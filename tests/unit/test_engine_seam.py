@@ -63,7 +63,8 @@ def test_the_conformance_check_notices_a_departure() -> None:
         def check_health(self) -> None:  # not a coroutine any more
             pass
 
-    assert departures(Partial) == ["check_health differs from the protocol: (False, ['self'])"]
+    new = [problem for problem in departures(Partial) if problem not in departures(FakeServingEngine)]
+    assert new == ["check_health differs from the protocol: (False, ['self'])"]
     assert departures(type("Bare", (), {})) == [f"{name} is missing" for name in protocol_members(Engine)]
 
 
@@ -129,7 +130,12 @@ class RecordingEngine(FakeBatchEngine):
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a tensor-parallel 2 spec needs 2 cores to bind")
-def test_the_batch_engine_stage_binds_cpu_ranks_as_the_replica_does(tmp_path: Path) -> None:
+def test_the_batch_engine_stage_binds_cpu_ranks_as_the_replica_does(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray.util
+
+    # Outside an actor Ray's lookup of the current placement group would start a local Ray cluster.
+    monkeypatch.setattr(ray.util, "get_current_placement_group", lambda: None)
     model = cpu_model(tensor=2).model_copy(update={"source": str(tmp_path)})
     stage = EngineStage(model, engine_cls=RecordingEngine)
     try:
@@ -139,13 +145,21 @@ def test_the_batch_engine_stage_binds_cpu_ranks_as_the_replica_does(tmp_path: Pa
         del stage
 
 
-@pytest.mark.parametrize("endpoint", list(Endpoint))
-def test_answer_calls_the_engines_method_for_the_endpoint(endpoint: Endpoint) -> None:
-    async def ask() -> EngineReply:
-        engine = await FakeBatchEngine.start(engine_spec(cpu_model(tensor=1), "/m"))
-        body = {"model": "m", "prompt": "said", "messages": [{"role": "user", "content": "said"}]}
-        return await answer(engine, Endpoint(endpoint.value), body, "r1")
+class MethodRecorder:
+    """Any engine method: records the name it was called by."""
 
-    choice = asyncio.run(ask()).body["choices"][0]
-    assert choice == ({"index": 0, "message": {"role": "assistant", "content": "said"}} if endpoint is Endpoint.CHAT
-                      else {"index": 0, "text": "said"})
+    called: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        async def method(body: dict[str, Any], request_id: str) -> EngineReply:
+            self.called = name
+            return EngineReply(200, {"request_id": request_id})
+
+        return method
+
+
+@pytest.mark.parametrize("endpoint", list(Endpoint))
+def test_answer_calls_the_engine_method_named_after_the_endpoint(endpoint: Endpoint) -> None:
+    engine = MethodRecorder()
+    reply = asyncio.run(answer(engine, Endpoint(endpoint.value), {"model": "m"}, "r1"))  # type: ignore[arg-type]
+    assert (engine.called, reply.body) == (endpoint.value, {"request_id": "r1"})
