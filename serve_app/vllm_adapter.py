@@ -151,17 +151,22 @@ class VLLMEngine:
         if (name := _field_with_huge_int(body, request_type.model_fields)) is not None:
             return EngineReply(400, openai_error(400, f"invalid request: {name}: an integer outside the 64-bit range",
                                                  param=name))
+        # vLLM's OpenAI layer names the engine request `<id_prefix><request_id>` (the engine adds a suffix).
+        span = engine_span(request_id, id_prefix + request_id)
         try:
             request.request_id = request_id
-            # vLLM's OpenAI layer names the engine request `<id_prefix><request_id>` (the engine adds a suffix).
-            with engine_span(request_id, id_prefix + request_id):
+            with span.current():
                 result = await create(request, raw_request=None)
         except Exception as exc:  # vLLM raises for bad input as well as engine faults; its mapping tells which
             result = create_error_response(exc)
+        except BaseException:  # cancelled: the client went away
+            span.end()
+            raise
+        if isinstance(result, AsyncIterator):
+            return EngineReply(200, stream=span.ending_with(result))
+        span.end()
         if isinstance(result, ErrorResponse):
             return EngineReply(result.error.code, result.model_dump())
-        if isinstance(result, AsyncIterator):
-            return EngineReply(200, stream=result)
         return EngineReply(200, result.model_dump(mode="json"))
 
     async def check_health(self) -> None:

@@ -15,13 +15,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import REPO_ROOT
+from tests.otlp_collector import OtlpCollector
 
 CLI = str(Path(sys.executable).parent / "llmcluster")
 # Cold start on 2 cores: Ray (~10 s), a first-time GGUF conversion (~40 s), the engine (~40 s).
 START_TIMEOUT_S = 420
 STOP_TIMEOUT_S = 90
+# Serve's exporters send their batch every second instead of every 5 s: a test waits less for its spans.
+QUICK_EXPORT_ENV = {"OTEL_BSP_SCHEDULE_DELAY": "1000"}
 
 
 @dataclass(frozen=True)
@@ -92,11 +96,31 @@ def timed_cli_status(*extra: str, server: Server | None = None) -> tuple[dict, f
     return json.loads(result.stdout), seconds
 
 
+def traced_config(config: Path, collector: OtlpCollector, folder: Path) -> Path:
+    """A copy of `config` in `folder` whose requests are traced to `collector`."""
+    data = yaml.safe_load(config.read_text())
+    data.setdefault("router", {})["tracing"] = {"otlp_endpoint": collector.endpoint}
+    traced = folder / config.name
+    traced.write_text(yaml.safe_dump(data))
+    return traced
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
+def collector() -> Iterator[OtlpCollector]:
+    """The OpenTelemetry collector the session's stack sends its traces to (OTLP over gRPC, the default)."""
+    running = OtlpCollector()
+    running.start_grpc()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, collector: OtlpCollector) -> Iterator[Server]:
+    """The demo config as shipped, with tracing on: every request of the tests on it is traced as well."""
+    folder = tmp_path_factory.mktemp("serve")
+    config = traced_config(REPO_ROOT / "configs" / "local.yaml", collector, folder)
     started = time.monotonic()
-    running = start_server(REPO_ROOT / "configs" / "local.yaml", log)
+    running = start_server(config, folder / "serve.log", extra_env=QUICK_EXPORT_ENV)
     print(f"\nllmcluster serve ready in {time.monotonic() - started:.0f}s on port {running.port}")
     yield running
     assert stop_server(running) == 0, running.log_tail()
