@@ -41,6 +41,7 @@ class ModelShape:
     head_dim: int
     vocab_size: int
     layer_params: tuple[int, ...]  # per decoder layer, in order: MoE models mix dense and expert layers
+    layer_expert_params: tuple[int, ...]  # of those, the routed experts': what expert parallelism spreads
     embedding_params: int
     tied_embeddings: bool
     mla_latent_dim: int | None  # multi-head latent attention caches one latent of this width per token
@@ -59,8 +60,15 @@ class ModelShape:
     def kv_format(self) -> str:
         return self.kv_cache_dtype or self.dtype
 
+    @property
+    def is_moe(self) -> bool:
+        return any(self.layer_expert_params)
+
     def layer_bytes(self, index: int) -> float:
         return self.layer_params[index] * BYTES_PER_PARAM[self.weight_format]
+
+    def layer_expert_bytes(self, index: int) -> float:
+        return self.layer_expert_params[index] * BYTES_PER_PARAM[self.weight_format]
 
     @property
     def embedding_bytes(self) -> float:
@@ -196,10 +204,11 @@ def _shape(config: dict[str, Any], name: str) -> ModelShape:
     # out: vLLM loads it only for speculative decoding, and then as a separate draft model.
     layers = tuple(attention + 2 * hidden + _mlp_params(config, hidden, i)
                    for i in range(int(config["num_hidden_layers"])))
+    experts = tuple(_routed_expert_params(config, hidden, i) for i in range(len(layers)))
     dtype = _checkpoint_dtype(config)
     return ModelShape(
         name=name, hidden_size=hidden, num_layers=len(layers), num_attention_heads=heads, num_kv_heads=kv_heads,
-        head_dim=head_dim, vocab_size=int(config["vocab_size"]), layer_params=layers,
+        head_dim=head_dim, vocab_size=int(config["vocab_size"]), layer_params=layers, layer_expert_params=experts,
         embedding_params=int(config["vocab_size"]) * hidden,
         # Model classes disagree on the default; counting a separate head errs on the safe side.
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
@@ -231,6 +240,13 @@ def _mlp_params(config: dict[str, Any], hidden: int, layer: int) -> int:
     routed, width, shared = _experts(config)
     router = routed * hidden
     return 3 * hidden * (routed * width + shared) + router
+
+
+def _routed_expert_params(config: dict[str, Any], hidden: int, layer: int) -> int:
+    if not _is_moe_layer(config, layer):
+        return 0
+    routed, width, _ = _experts(config)
+    return 3 * hidden * routed * width
 
 
 def _experts(config: dict[str, Any]) -> tuple[int, int, int]:

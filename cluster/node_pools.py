@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from serve_app.config import ClusterConfig, ModelConfig
 from serve_app.kubernetes_config import NodePoolConfig
-from serve_app.placement import REPLICA_ACTOR_CPUS
+from serve_app.placement import REPLICA_ACTOR_CPUS, replica_cpus, replica_gpus
 
 # The shape of a pool derived for models when the config declares none: a common 8-GPU machine, requests
 # kept well under what such machines can allocate; a CPU pool just big enough for its largest replica.
@@ -89,47 +89,44 @@ def _derived_pool(name: str, model: ModelConfig, so_far: NodePoolConfig | None) 
         _check_device(model, so_far)
     if model.resources.device == "gpu":
         return so_far or NodePoolConfig(name=name, accelerator=model.resources.accelerator, **DERIVED_GPU_POOL)
-    cpus = max(DERIVED_CPU_POOL_MIN_CPUS, math.ceil(_replica_cpus(model)), so_far.cpus if so_far else 0)
+    cpus = max(DERIVED_CPU_POOL_MIN_CPUS, math.ceil(replica_cpus(model)), so_far.cpus if so_far else 0)
     return NodePoolConfig(name=name, gpus_per_node=0, cpus=cpus, memory=DERIVED_CPU_POOL_MEMORY)
-
-
-def _replica_cpus(model: ModelConfig) -> float:
-    """Ray CPUs one replica reserves (see serve_app/placement.py)."""
-    workers = model.parallelism.world_size * model.resources.cpus_per_worker
-    return workers + REPLICA_ACTOR_CPUS if model.resources.device == "gpu" else workers
 
 
 def nodes_per_replica(model: ModelConfig, pool: NodePoolConfig) -> int:
     """Nodes one replica spans: several only when its GPUs outnumber a node's."""
     if model.resources.device == "cpu":
         return 1
-    return math.ceil(model.parallelism.world_size / pool.gpus_per_node)
+    return math.ceil(replica_gpus(model) / pool.gpus_per_node)
 
 
 def replicas_per_node(model: ModelConfig, pool: NodePoolConfig) -> int:
     """Replicas one node holds (0 for a replica spanning nodes), bounded by both GPUs and CPUs."""
-    world = model.parallelism.world_size
-    if model.resources.device == "gpu" and world > pool.gpus_per_node:
+    gpus = replica_gpus(model)
+    if gpus > pool.gpus_per_node:
         return 0
-    by_cpu = math.floor(pool.cpus / _replica_cpus(model))
-    by_gpu = pool.gpus_per_node // world if model.resources.device == "gpu" else by_cpu
+    by_cpu = math.floor(pool.cpus / replica_cpus(model))
+    by_gpu = pool.gpus_per_node // gpus if gpus else by_cpu
     return min(by_cpu, by_gpu)
 
 
 def check_fits(model: ModelConfig, pool: NodePoolConfig) -> None:
     """Raise when one replica of `model` can never be placed on nodes of `pool`."""
     where = f"model {model.name} on node pool {pool.name}"
-    world = model.parallelism.world_size
-    if model.resources.device == "gpu" and world > pool.gpus_per_node:
+    gpus = replica_gpus(model)
+    if gpus > pool.gpus_per_node:
         if model.resources.placement_strategy == "STRICT_PACK":
-            raise PoolError(f"{where}: STRICT_PACK keeps a replica on one node, but it needs {world} GPUs and a "
+            raise PoolError(f"{where}: STRICT_PACK keeps a replica on one node, but it needs {gpus} GPUs and a "
                             f"node has {pool.gpus_per_node}; use PACK or a pool with bigger nodes")
-        node_cpus = pool.gpus_per_node * model.resources.cpus_per_worker + REPLICA_ACTOR_CPUS
+        # A full node of workers, with the replica actor of each data-parallel rank that starts on it.
+        ranks_on_node = max(1, pool.gpus_per_node // model.parallelism.world_size)
+        actors = min(ranks_on_node, model.parallelism.data)
+        node_cpus = pool.gpus_per_node * model.resources.cpus_per_worker + REPLICA_ACTOR_CPUS * actors
         if node_cpus > pool.cpus:
             raise PoolError(f"{where}: a full node of workers needs {node_cpus:g} CPUs, the pool has {pool.cpus}")
         return
     if replicas_per_node(model, pool) == 0:
-        raise PoolError(f"{where}: one replica needs {_replica_cpus(model):g} CPUs, a node has {pool.cpus}; "
+        raise PoolError(f"{where}: one replica needs {replica_cpus(model):g} CPUs, a node has {pool.cpus}; "
                         "raise the pool's cpus or lower resources.cpus_per_worker")
 
 
@@ -137,8 +134,8 @@ def packed_nodes(demands: list[tuple[ModelConfig, int]], pool: NodePoolConfig) -
     """Fewest nodes holding `replicas` of each model when replicas that fit a node share nodes."""
     spanning = sum(count * nodes_per_replica(m, pool) for m, count in demands if replicas_per_node(m, pool) == 0)
     shared = [(m, count) for m, count in demands if replicas_per_node(m, pool) > 0]
-    cpus = sum(count * _replica_cpus(m) for m, count in shared)
-    gpus = sum(count * m.parallelism.world_size for m, count in shared if m.resources.device == "gpu")
+    cpus = sum(count * replica_cpus(m) for m, count in shared)
+    gpus = sum(count * replica_gpus(m) for m, count in shared)
     by_gpu = math.ceil(gpus / pool.gpus_per_node) if pool.gpus_per_node else 0
     return spanning + max(math.ceil(cpus / pool.cpus), by_gpu)
 

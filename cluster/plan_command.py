@@ -1,4 +1,4 @@
-"""`llmcluster plan`: how many GPUs, in which tensor x pipeline layout, a model needs to serve a load."""
+"""`llmcluster plan`: how many GPUs, in which layout (tensor x pipeline, or expert parallel ranks), a model needs."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def plan(
     dtype: Annotated[Optional[str], typer.Option(
         "--dtype", help=f"Serve the weights in this format instead of the checkpoint's: "
                         f"{', '.join(BYTES_PER_PARAM)} (awq and gptq are int4).")] = None,
+    expert_parallel: Annotated[bool, typer.Option(
+        "--expert-parallel", help="Size a MoE model for data-parallel ranks that share its experts "
+                                  "(parallelism.data with expert: true) instead of tensor x pipeline.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Size the smallest GPU layout that serves MODEL with KV cache for CONCURRENCY x CONTEXT tokens.
@@ -37,7 +40,7 @@ def plan(
     """
     try:
         shape = read_shape(model, dtype=dtype)
-        result = planner.plan(shape, gpu, context, concurrency, gpus_per_node)
+        result = planner.plan(shape, gpu, context, concurrency, gpus_per_node, expert_parallel=expert_parallel)
     except (ModelShapeError, planner.PlanError) as exc:
         fail(str(exc))
     if as_json:

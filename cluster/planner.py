@@ -1,4 +1,5 @@
-"""Capacity planning: the smallest tensor x pipeline x node layout whose GPUs hold a model and its KV cache."""
+"""Capacity planning: the smallest GPU layout (tensor x pipeline, or data-parallel ranks with expert parallelism for
+MoE models) whose GPUs hold a model and its KV cache."""
 
 from __future__ import annotations
 
@@ -6,12 +7,8 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
-from cluster.model_shape import BYTES_PER_PARAM, UNQUANTIZED, ModelShape, ModelShapeError, with_precision
-
-if TYPE_CHECKING:
-    from serve_app.config import ModelConfig
+from cluster.model_shape import BYTES_PER_PARAM, UNQUANTIZED, ModelShape
 
 GB = 10**9
 MIB = 2**20
@@ -52,16 +49,27 @@ def find_gpu(name: str) -> Gpu:
 
 @dataclass(frozen=True)
 class Layout:
+    """One replica's GPUs: `data` ranks (data-parallel attention) of tensor x pipeline each; with `expert`, a MoE
+    model's experts are spread whole over all of them."""
+
     tensor: int
     pipeline: int
     nodes: int
+    data: int = 1
+    expert: bool = False
 
     @property
     def gpus(self) -> int:
-        return self.tensor * self.pipeline
+        return self.tensor * self.pipeline * self.data
+
+    @property
+    def split(self) -> str:
+        """How the model is split, without the nodes: "TP8 x PP2", "TP1 x PP1 x DP16 with expert parallelism"."""
+        ranks = f" x DP{self.data}" if self.data > 1 else ""
+        return f"TP{self.tensor} x PP{self.pipeline}{ranks}{' with expert parallelism' if self.expert else ''}"
 
     def __str__(self) -> str:
-        return f"TP{self.tensor} x PP{self.pipeline} on {self.nodes} node{'s' if self.nodes > 1 else ''}"
+        return f"{self.split} on {self.nodes} node{'s' if self.nodes > 1 else ''}"
 
 
 @dataclass(frozen=True)
@@ -108,19 +116,24 @@ class Plan:
 
 
 def plan(shape: ModelShape, gpu: Gpu | str, context: int, concurrency: int, gpus_per_node: int = 8,
-         memory_utilization: float = 0.9, max_nodes: int = DEFAULT_MAX_NODES) -> Plan:
-    """The smallest layout of `gpu`s holding `shape` with KV cache for `concurrency` sequences of `context` tokens."""
+         memory_utilization: float = 0.9, max_nodes: int = DEFAULT_MAX_NODES, expert_parallel: bool = False) -> Plan:
+    """The smallest layout of `gpu`s holding `shape` with KV cache for `concurrency` sequences of `context` tokens;
+    with `expert_parallel`, among data-parallel layouts whose ranks share a MoE model's experts."""
     gpu = find_gpu(gpu) if isinstance(gpu, str) else gpu
     _check_request(context, concurrency, gpus_per_node, memory_utilization, max_nodes)
+    if expert_parallel and not shape.is_moe:
+        raise PlanError(f"expert parallelism needs a mixture-of-experts model; {shape.name} has no experts")
     tokens = context * concurrency
+    layouts = (expert_layouts(gpus_per_node, max_nodes) if expert_parallel
+               else candidate_layouts(shape, gpus_per_node, max_nodes))
     tried: tuple[Layout, GpuMemory] | None = None
-    for layout in candidate_layouts(shape, gpus_per_node, max_nodes):
+    for layout in layouts:
         memory = gpu_memory(shape, layout, tokens, gpu, memory_utilization)
         if memory.free >= 0:
             return _plan(shape, gpu, context, concurrency, gpus_per_node, memory_utilization,
                          True, layout, memory, _why_this(tried))
         tried = (layout, memory)
-    assert tried is not None  # TP1 x PP1 is always a candidate
+    assert tried is not None  # TP1 x PP1, or DP2 with experts, is always a candidate
     return _plan(shape, gpu, context, concurrency, gpus_per_node, memory_utilization,
                  False, *tried, _why_not(shape, gpu, tried[1], memory_utilization, max_nodes))
 
@@ -164,6 +177,16 @@ def candidate_layouts(shape: ModelShape, gpus_per_node: int, max_nodes: int) -> 
         yield Layout(widest, pipeline, nodes)
 
 
+def expert_layouts(gpus_per_node: int, max_nodes: int) -> Iterator[Layout]:
+    """Wide expert parallelism, smallest first: 2, 4, 8... ranks of one GPU each, the experts spread over all.
+
+    Attention and the dense layers are whole on every rank, so ranks are added, never tensor-parallel slices."""
+    ranks = 2
+    while (nodes := math.ceil(ranks / gpus_per_node)) <= max_nodes:
+        yield Layout(1, 1, nodes, data=ranks, expert=True)
+        ranks *= 2
+
+
 def stage_layers(num_layers: int, pipeline: int) -> tuple[range, ...]:
     """vLLM's split of layers over pipeline stages: even, with the remainder on the stages before the last."""
     sizes = [num_layers // pipeline] * pipeline
@@ -184,15 +207,17 @@ def _stage_memory(shape: ModelShape, layout: Layout, stage: int, tokens: int, gp
                   utilization: float) -> GpuMemory:
     layers = stage_layers(shape.num_layers, layout.pipeline)[stage]
     first, last = stage == 0, stage == layout.pipeline - 1
-    weights = sum(map(shape.layer_bytes, layers))
+    experts = sum(map(shape.layer_expert_bytes, layers))
+    weights = sum(map(shape.layer_bytes, layers)) - experts
     weights += shape.embedding_bytes if first else 0
     # The output head lives on the last stage: its own matrix, or a copy of tied embeddings on another stage.
     weights += shape.embedding_bytes if last and not (first and shape.tied_embeddings) else 0
-    # TP shards each layer evenly; its replicated bits (norms, MLA's down-projections) are under 1%.
+    # TP shards each layer evenly; its replicated bits (norms, MLA's down-projections) are under 1%. Data-parallel
+    # ranks each hold the rest whole, but share the routed experts, and each caches only its own sequences.
     return GpuMemory(
         capacity=gpu.memory_bytes, budget=int(gpu.memory_bytes * utilization),
-        weights=math.ceil(weights / layout.tensor),
-        kv_cache=tokens * shape.kv_bytes_per_token(len(layers), layout.tensor),
+        weights=math.ceil(weights / layout.tensor) + math.ceil(experts / (layout.tensor * layout.data)),
+        kv_cache=math.ceil(tokens / layout.data) * shape.kv_bytes_per_token(len(layers), layout.tensor),
         activations=_activation_bytes(shape, layout.tensor), overhead=OVERHEAD_BYTES)
 
 
@@ -248,68 +273,3 @@ def _notes(shape: ModelShape, context: int, gpus_per_node: int) -> tuple[str, ..
         notes.append(f"tensor parallel stops at {widest}: {shape.num_attention_heads} attention heads and "
                      f"{shape.num_kv_heads} KV heads allow no wider power of two")
     return tuple(notes)
-
-
-def fit_warnings(model: ModelConfig, shape: ModelShape, gpus_per_node: int = 8) -> tuple[str, ...]:
-    """Why `model`'s declared parallelism and accelerator cannot serve `shape`; empty when nothing is wrong.
-
-    Memory is checked for one sequence of max_model_len tokens, what vLLM demands before it starts; GPU
-    memory only when the config names an accelerator the planner knows.
-    """
-    tensor, pipeline = model.parallelism.tensor, model.parallelism.pipeline
-    warnings = list(_split_warnings(shape, tensor, pipeline))
-    if model.resources.device != "gpu" or not model.resources.accelerator:
-        return tuple(warnings)
-    if tensor > gpus_per_node:
-        warnings.append(f"parallelism.tensor {tensor} spans nodes of {gpus_per_node} GPUs; tensor-parallel "
-                        f"traffic across nodes is slow: keep tensor within a node and raise pipeline instead")
-    try:
-        gpu = find_gpu(model.resources.accelerator)
-        shape = _engine_precision(shape, model.engine)
-    except (PlanError, ModelShapeError) as exc:
-        return (*warnings, f"memory not checked: {exc}")
-    return (*warnings, *_memory_warnings(model, shape, gpu, gpus_per_node))
-
-
-def _vllm_can_split(shape: ModelShape, tensor: int) -> bool:
-    # vLLM's own rule, looser than the planner's preference for powers of two: KV heads divide evenly, or
-    # there are fewer of them than ranks and each is replicated on the same number of ranks.
-    kv_heads = shape.num_kv_heads
-    kv_ok = kv_heads % tensor == 0 if kv_heads >= tensor else tensor % kv_heads == 0
-    return shape.num_attention_heads % tensor == 0 and kv_ok
-
-
-def _split_warnings(shape: ModelShape, tensor: int, pipeline: int) -> Iterator[str]:
-    if not _vllm_can_split(shape, tensor):
-        valid = [size for size in range(1, 65) if _vllm_can_split(shape, size)]
-        yield (f"parallelism.tensor {tensor} does not split {shape.name}'s {shape.num_attention_heads} attention "
-               f"heads and {shape.num_kv_heads} KV heads evenly; use one of {', '.join(map(str, valid))}")
-    if pipeline > shape.num_layers:
-        yield f"parallelism.pipeline {pipeline} exceeds the {shape.num_layers} layers of {shape.name}"
-
-
-def _engine_precision(shape: ModelShape, engine: dict[str, object]) -> ModelShape:
-    shape = with_precision(shape, dtype=str(engine.get("dtype") or "auto"),
-                           kv_cache_dtype=str(engine.get("kv_cache_dtype") or "auto"))
-    return with_precision(shape, dtype=str(engine.get("quantization") or "auto"))
-
-
-def _memory_warnings(model: ModelConfig, shape: ModelShape, gpu: Gpu, gpus_per_node: int) -> Iterator[str]:
-    tensor, pipeline = model.parallelism.tensor, model.parallelism.pipeline
-    utilization = float(model.engine.get("gpu_memory_utilization") or 0.9)
-    max_len = int(model.engine.get("max_model_len") or shape.max_position_embeddings or 0)
-    layout = Layout(tensor, pipeline, math.ceil(tensor * pipeline / gpus_per_node))
-    memory = gpu_memory(shape, layout, max_len, gpu, utilization)
-    if memory.free >= 0:
-        return
-    where = f"at tensor {tensor} x pipeline {pipeline} on {gpu.name} (gpu_memory_utilization {utilization})"
-    if memory.kv_cache <= -memory.free:
-        suggestion = plan(shape, gpu, max(1, max_len), 1, gpus_per_node, utilization)
-        hint = f"; the planner suggests {suggestion.layout}" if suggestion.fits else ""
-        yield (f"weights need {memory.weights / GB:.1f} GB per GPU {where}, more than the "
-               f"{(memory.budget - memory.activations - memory.overhead) / GB:.1f} GB left after "
-               f"activations{hint}")
-        return
-    room = (memory.kv_cache + memory.free) // (memory.kv_cache // max_len)  # tokens of the fullest GPU
-    yield (f"the KV cache of one {max_len}-token sequence takes {memory.kv_cache / GB:.1f} GB "
-           f"per GPU {where} and does not fit; lower engine.max_model_len to at most {room} or add GPUs")

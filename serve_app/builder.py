@@ -27,15 +27,18 @@ DRAIN_POLL_S = 1.0
 
 
 def autoscaling_options(model: ModelConfig) -> dict[str, Any]:
-    scaling = model.autoscaling
+    """Serve's replica counts: the config counts replicas of the model, and each is `parallelism.data` Serve
+    replicas (a gang, one per data-parallel rank), so Serve's counts are the config's times that."""
+    scaling, ranks = model.autoscaling, model.parallelism.data
     options: dict[str, Any] = {"max_ongoing_requests": scaling.max_ongoing_requests}
     if scaling.min_replicas == scaling.max_replicas:
-        options["num_replicas"] = scaling.min_replicas
+        options["num_replicas"] = scaling.min_replicas * ranks
         return options
+    initial = scaling.initial_replicas
     options["autoscaling_config"] = {
-        "min_replicas": scaling.min_replicas,
-        "max_replicas": scaling.max_replicas,
-        "initial_replicas": scaling.initial_replicas,
+        "min_replicas": scaling.min_replicas * ranks,
+        "max_replicas": scaling.max_replicas * ranks,
+        "initial_replicas": None if initial is None else initial * ranks,
         "target_ongoing_requests": scaling.target_ongoing_requests,
         "upscale_delay_s": scaling.upscale_delay_s,
         "downscale_delay_s": scaling.downscale_delay_s,

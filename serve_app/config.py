@@ -14,6 +14,11 @@ from serve_app.observability_config import HealthConfig, LoggingSettings, Tracin
 from serve_app.vllm_adapter import VLLM_VERSION, vllm_engine_arg_names
 
 
+# vLLM's data_parallel_* engine arguments: the size comes from parallelism.data, the rest from each rank's start.
+DATA_PARALLEL_ARGS = ("size", "rank", "start_rank", "size_local", "address", "rpc_port", "backend", "hybrid_lb",
+                      "external_lb", "multi_port_external_lb")
+
+
 class _Section(BaseModel):
     """Base of every config section: unknown fields are errors and a loaded config is immutable."""
 
@@ -60,10 +65,24 @@ class RouterConfig(_Section):
 class ParallelismConfig(_Section):
     tensor: int = Field(1, ge=1, description="Tensor-parallel size: devices one model layer is split over.")
     pipeline: int = Field(1, ge=1, description="Pipeline-parallel size: stages the layers are split into.")
+    data: int = Field(
+        1, ge=1, description="Data-parallel attention ranks of one replica of a MoE model: each rank is an engine "
+                             "of tensor x pipeline GPUs with its own attention and KV cache, and the experts are "
+                             "spread over all ranks (needs expert: true; GPU only).")
+    expert: bool = Field(
+        False, description="Expert parallelism for MoE models: a GPU holds whole experts, a share of them, "
+                           "instead of a slice of every expert; over the tensor ranks, and over all data ranks "
+                           "when data > 1 (GPU only).")
 
     @property
     def world_size(self) -> int:
+        """Workers of one engine: one data-parallel rank."""
         return self.tensor * self.pipeline
+
+    @property
+    def workers(self) -> int:
+        """Workers (GPUs on a GPU replica) of one replica, all its data-parallel ranks together."""
+        return self.world_size * self.data
 
 
 class ResourcesConfig(_Section):
@@ -129,7 +148,7 @@ class ModelConfig(_Section):
     engine: dict[str, Any] = Field(
         default_factory=dict, description="vLLM engine arguments (AsyncEngineArgs field names), e.g. max_model_len.")
     parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig,
-                                           description="Tensor and pipeline parallelism of one replica.")
+                                           description="Tensor, pipeline, data and expert parallelism of one replica.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig,
                                        description="Device, accelerator and node pool of one replica.")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig,
@@ -148,7 +167,9 @@ class ModelConfig(_Section):
     @classmethod
     def _engine_args_owned_elsewhere(cls, engine: dict[str, Any]) -> dict[str, Any]:
         owned = {"model": "source", "served_model_name": "name/aliases",
-                 "tensor_parallel_size": "parallelism.tensor", "pipeline_parallel_size": "parallelism.pipeline"}
+                 "tensor_parallel_size": "parallelism.tensor", "pipeline_parallel_size": "parallelism.pipeline",
+                 "enable_expert_parallel": "parallelism.expert",
+                 **{f"data_parallel_{arg}": "parallelism.data" for arg in DATA_PARALLEL_ARGS}}
         for key, where in owned.items():
             if key in engine:
                 raise ValueError(f"engine.{key} is set by the model's `{where}`; remove it from engine")
@@ -159,6 +180,21 @@ class ModelConfig(_Section):
                 hint = f"; did you mean {' or '.join(close)}?" if close else ""
                 raise ValueError(f"engine.{key} is not a vLLM {VLLM_VERSION} engine argument{hint}")
         return engine
+
+    @model_validator(mode="after")
+    def _parallelism_fits_device(self) -> ModelConfig:
+        parallelism, resources = self.parallelism, self.resources
+        if parallelism.data > 1 and not parallelism.expert:
+            raise ValueError("parallelism.data > 1 needs parallelism.expert: true: data-parallel ranks share one "
+                             "MoE model's experts; for more copies of a dense model raise autoscaling.max_replicas")
+        if (parallelism.expert or parallelism.data > 1) and resources.device != "gpu":
+            raise ValueError(f"parallelism.expert needs resources.device: gpu: vLLM {VLLM_VERSION}'s CPU build "
+                             "cannot run expert parallelism (its CPU MoE kernel ignores the expert map, and its "
+                             "CPU communicator lacks the all_gatherv that data-parallel MoE layers use)")
+        if parallelism.data > 1 and resources.placement_strategy == "STRICT_PACK":
+            raise ValueError("resources.placement_strategy STRICT_PACK cannot place parallelism.data > 1: the "
+                             "ranks of a data-parallel group are gang-scheduled with PACK or SPREAD")
+        return self
 
     @property
     def served_names(self) -> tuple[str, ...]:

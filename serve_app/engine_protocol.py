@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, Self
 
+from serve_app.data_parallel import DataParallelRank
+
 
 class Endpoint(StrEnum):
     """The OpenAI endpoints an engine answers, by the names the router and batch input use."""
@@ -27,6 +29,8 @@ class EngineSpec:
     distributed_backend: str | None = None  # the engine's executor: vllm_adapter.executor_backend names it
     # CPU only: the cores each rank runs on, one tuple per rank; empty leaves the choice to the engine.
     rank_cores: tuple[tuple[int, ...], ...] = ()
+    expert_parallel: bool = False  # a MoE model's experts spread over the ranks, whole, instead of sliced
+    data_parallel: DataParallelRank | None = None  # this engine's rank when the replica is data parallel
     stall_timeout_s: float | None = None  # busy without an engine step this long: hung; None: never checked
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app.config import ModelConfig
+from serve_app.data_parallel import DataParallelRank, join_group, leave_group
 from serve_app.engine_protocol import Endpoint, Engine, EngineReply, EngineSpec, answer
 from serve_app.log_setup import configure_logging
 from serve_app.model_source import resolve_source
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 _USAGE_MARK = '"usage":{'
 _NO_CHOICES_MARK = '"choices":[]'
 _DONE_LINE = "data: [DONE]"
+# The ranks of a gang start together; rank 0 publishes its address within seconds of starting.
+DATA_PARALLEL_MEETING_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,10 @@ class ReplyEnd:
         return self.prompt_tokens + self.completion_tokens
 
 
-def engine_spec(model: ModelConfig, model_path: str, allowed_cores: list[int] | None = None) -> EngineSpec:
+def engine_spec(model: ModelConfig, model_path: str, allowed_cores: list[int] | None = None,
+                data_parallel: DataParallelRank | None = None) -> EngineSpec:
     """The engine of `model` in this process; a CPU replica of several ranks gets disjoint runs of
-    `allowed_cores` (default: the cores this process may use)."""
+    `allowed_cores` (default: the cores this process may use); a data-parallel one is rank `data_parallel`."""
     world_size = model.parallelism.world_size
     cores: tuple[tuple[int, ...], ...] = ()
     if model.resources.device == "cpu" and world_size > 1:
@@ -71,8 +75,11 @@ def engine_spec(model: ModelConfig, model_path: str, allowed_cores: list[int] | 
         engine_args=dict(model.engine),
         tensor_parallel=model.parallelism.tensor,
         pipeline_parallel=model.parallelism.pipeline,
-        distributed_backend=executor_backend(model.resources.device, world_size),
+        # A data-parallel rank of one GPU still needs the Ray executor: its worker takes its own bundle's GPU.
+        distributed_backend=executor_backend(model.resources.device, model.parallelism.workers),
         rank_cores=cores,
+        expert_parallel=model.parallelism.expert,
+        data_parallel=data_parallel,
         stall_timeout_s=model.health.stall_timeout_s,
     )
 
@@ -122,8 +129,11 @@ class LLMServer:
         log_settings = log_settings or LoggingSettings()
         configure_logging(log_settings.format, log_settings.level, "serve_app")
         self._model = model
+        self._data_rank = None
+        if model.parallelism.data > 1:  # first: the other ranks of the gang wait for rank 0's address
+            self._data_rank = await join_group(model.parallelism.world_size, DATA_PARALLEL_MEETING_TIMEOUT_S)
         model_path = await asyncio.to_thread(resolve_source, model.source)
-        spec = engine_spec(model, model_path)
+        spec = engine_spec(model, model_path, data_parallel=self._data_rank)
         logger.info("starting engine for %s from %s", model.name, model_path)
         # Started on this thread, the replica's event loop, which lives as long as the replica: the engine's
         # processes watch it with a parent-death signal (vllm_adapter.fate_share_engine_process).
@@ -162,3 +172,6 @@ class LLMServer:
         engine = getattr(self, "_engine", None)
         if engine is not None:
             engine.shutdown()
+        data_rank = getattr(self, "_data_rank", None)
+        if data_rank is not None:
+            leave_group(data_rank)

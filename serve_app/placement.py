@@ -18,17 +18,26 @@ REPLICA_ACTOR_CPUS = 1.0
 
 @dataclass(frozen=True)
 class ReplicaPlacement:
-    """Serve deployment options that place one replica of a model."""
+    """Serve deployment options that place one replica of a model.
+
+    A replica of `parallelism.data` ranks is a gang of that many Serve replicas, one engine each, which Serve
+    places (in one placement group of all their bundles), starts and restarts together."""
 
     ray_actor_options: dict[str, Any]
-    placement_group_bundles: list[dict[str, float]] | None = None
+    placement_group_bundles: list[dict[str, float]] | None = None  # of one Serve replica
     placement_group_strategy: str | None = None
+    gang_size: int = 1
     env_vars: dict[str, str] = field(default_factory=dict)
 
     def deployment_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"ray_actor_options": self.ray_actor_options}
-        if self.placement_group_bundles is not None:
-            options["placement_group_bundles"] = self.placement_group_bundles
+        if self.placement_group_bundles is None:
+            return options
+        options["placement_group_bundles"] = self.placement_group_bundles
+        if self.gang_size > 1:  # Serve refuses a per-replica strategy beside a gang's
+            options["gang_scheduling_config"] = {"gang_size": self.gang_size,
+                                                 "gang_placement_strategy": self.placement_group_strategy}
+        else:
             options["placement_group_strategy"] = self.placement_group_strategy
         return options
 
@@ -57,7 +66,8 @@ def _cpu_placement(model: ModelConfig) -> ReplicaPlacement:
 
 def _gpu_placement(model: ModelConfig) -> ReplicaPlacement:
     # One bundle per worker; the replica actor shares the first. vLLM's Ray executor finds the placement
-    # group of the replica and starts one worker in each GPU bundle, so the group decides the nodes.
+    # group of the replica and starts one worker in each GPU bundle, so the group decides the nodes. A gang's
+    # group holds the bundles of all its ranks; each rank's engine is told which are its own (data_parallel.py).
     worker_bundle = {"GPU": 1.0, "CPU": model.resources.cpus_per_worker, **label_resources(model)}
     bundles = [dict(worker_bundle) for _ in range(model.parallelism.world_size)]
     bundles[0]["CPU"] += REPLICA_ACTOR_CPUS
@@ -65,7 +75,19 @@ def _gpu_placement(model: ModelConfig) -> ReplicaPlacement:
         ray_actor_options={"num_cpus": REPLICA_ACTOR_CPUS, "num_gpus": 0},
         placement_group_bundles=bundles,
         placement_group_strategy=model.resources.placement_strategy,
+        gang_size=model.parallelism.data,
     )
+
+
+def replica_gpus(model: ModelConfig) -> int:
+    """GPUs one replica of `model` holds, all its data-parallel ranks together."""
+    return model.parallelism.workers if model.resources.device == "gpu" else 0
+
+
+def replica_cpus(model: ModelConfig) -> float:
+    """Ray CPUs one replica of `model` reserves: its workers', and on GPU each rank's replica actor."""
+    workers = model.parallelism.workers * model.resources.cpus_per_worker
+    return workers + REPLICA_ACTOR_CPUS * model.parallelism.data if model.resources.device == "gpu" else workers
 
 
 def rank_cores(world_size: int, cpus_per_worker: float, allowed_cores: list[int]) -> tuple[tuple[int, ...], ...]:

@@ -43,3 +43,37 @@ def placement_groups() -> dict[str, dict[str, Any]]:
     from ray.util import placement_group_table
 
     return placement_group_table()
+
+
+def gang_context() -> Any:
+    """The gang this Serve replica belongs to (its rank, size, gang id and placement group), else None."""
+    from ray import serve
+
+    return serve.get_replica_context().gang_context
+
+
+def placement_group_bundle_nodes(name: str) -> dict[int, str]:
+    """The node holding each bundle of the placement group called `name`."""
+    from ray.util import get_placement_group, placement_group_table
+
+    return dict(placement_group_table(get_placement_group(name))["bundles_to_node_id"])
+
+
+def put_shared(key: str, value: str) -> None:
+    """Store `value` under `key` in Ray's cluster-wide key-value store (GCS), for other replicas to read."""
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    _internal_kv_put(key.encode(), value.encode(), overwrite=True)
+
+
+def get_shared(key: str) -> str | None:
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    value = _internal_kv_get(key.encode())
+    return value.decode() if value is not None else None
+
+
+def delete_shared(key: str) -> None:
+    from ray.experimental.internal_kv import _internal_kv_del
+
+    _internal_kv_del(key.encode())

@@ -6,17 +6,16 @@ import argparse
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from functools import cache
 from pathlib import Path
 from typing import Any
-
-from pydantic import ValidationError
 
 from serve_app.engine_protocol import EngineReply, EngineSpec
 from serve_app.errors import openai_error
 from serve_app.liveness import StallWatch
 from serve_app.process_fate import die_with_parent
+from serve_app.request_errors import field_with_huge_int, invalid_request_body
 from serve_app.tracing import engine_span
 
 logger = logging.getLogger(__name__)
@@ -24,6 +23,8 @@ logger = logging.getLogger(__name__)
 VLLM_VERSION = "0.32.0"
 # fate_share_engine_process's name as pyproject.toml registers it in vLLM's general plugin group.
 FATE_SHARING_PLUGIN = "llmcluster_fate_sharing"
+# The multiprocessing name of the worker processes vLLM's process executor starts (VllmWorker-<rank>).
+_WORKER_PROCESS = "VllmWorker"
 # vLLM's names for the processes it starts: EngineCore (EngineCore_DP<n>) and its workers (VllmWorker-<rank>).
 _ENGINE_PROCESSES = ("EngineCore", "VllmWorker")
 # vLLM's executors: its worker processes beside the engine (CPU), or Ray actors in the replica's placement group.
@@ -32,6 +33,8 @@ PROCESS_EXECUTOR, RAY_EXECUTOR = "mp", "ray"
 CPU_BINDING_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 # The node address vLLM's Ray executor gives its workers; it must agree with the address Ray uses.
 ENGINE_HOST_ENV = "VLLM_HOST_IP"
+# The bundles of the replica's placement group vLLM's Ray executor puts its workers in, when not the first ones.
+BUNDLES_ENV = "VLLM_RAY_BUNDLE_INDICES"
 
 
 # The engine arguments of the pinned vLLM, kept beside this module so a config is checked without
@@ -74,9 +77,16 @@ def cpu_binding_env(spec: EngineSpec) -> dict[str, str]:
     return {CPU_BINDING_ENV: "|".join(",".join(str(core) for core in cores) for cores in spec.rank_cores)}
 
 
-def _bind_cpu_ranks(spec: EngineSpec) -> None:
-    # Set before vLLM starts its worker processes, which inherit it; it serves both the replica and batch paths.
-    os.environ.update(cpu_binding_env(spec))
+def rank_bundles_env(spec: EngineSpec) -> dict[str, str]:
+    """The environment that gives a data-parallel rank's workers its own bundles of the gang's placement group."""
+    if spec.data_parallel is None:
+        return {}
+    return {BUNDLES_ENV: ",".join(str(index) for index in spec.data_parallel.bundles)}
+
+
+def _place_ranks(spec: EngineSpec) -> None:
+    # Set before vLLM starts its engine and workers, which inherit it; it serves both the replica and batch paths.
+    os.environ.update(cpu_binding_env(spec) | rank_bundles_env(spec))
 
 
 class VLLMEngine:
@@ -101,8 +111,8 @@ class VLLMEngine:
         from starlette.datastructures import State
 
         warn_unless_fate_shared()
-        _bind_cpu_ranks(spec)
-        engine_args = AsyncEngineArgs(**_engine_kwargs(spec))
+        _place_ranks(spec)
+        engine_args = AsyncEngineArgs(**engine_kwargs(spec))
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
         if placement_group is not None:
             vllm_config.parallel_config.placement_group = placement_group
@@ -146,9 +156,9 @@ class VLLMEngine:
 
         try:
             request = request_type.model_validate(body)
-        except Exception as exc:  # only the body is at fault here: see _invalid_request
-            return EngineReply(400, _invalid_request(exc))
-        if (name := _field_with_huge_int(body, request_type.model_fields)) is not None:
+        except Exception as exc:  # only the body is at fault here: see invalid_request_body
+            return EngineReply(400, invalid_request_body(exc))
+        if (name := field_with_huge_int(body, request_type.model_fields)) is not None:
             return EngineReply(400, openai_error(400, f"invalid request: {name}: an integer outside the 64-bit range",
                                                  param=name))
         # vLLM's OpenAI layer names the engine request `<id_prefix><request_id>` (the engine adds a suffix).
@@ -194,8 +204,8 @@ class OfflineEngine:
     def __init__(self, spec: EngineSpec) -> None:
         from vllm import LLM
 
-        _bind_cpu_ranks(spec)
-        self._llm = LLM(**_engine_kwargs(spec))
+        _place_ranks(spec)
+        self._llm = LLM(**engine_kwargs(spec))
 
     def generate(self, prompts: list[str], sampling: dict[str, Any]) -> list[int]:
         """Runs all prompts at once; the number of output tokens of each."""
@@ -224,6 +234,33 @@ def fate_share_engine_process() -> None:
     parent = multiprocessing.parent_process()
     if parent is not None and multiprocessing.current_process().name.startswith(_ENGINE_PROCESSES):
         die_with_parent(parent.pid)
+
+
+def buffer_cpu_pipeline_stages() -> None:
+    """vLLM general plugin: on CPU, every pipeline stage after the first gets the buffer its input arrives in.
+
+    vLLM's model runner makes that buffer in its warm-up pass, which vLLM 0.32's CPU worker skips when the model
+    runs eagerly (enforce_eager): every later stage then fails its first step (`assert self.intermediate_tensors
+    is not None` in sync_and_gather_intermediate_tensors). Here it is made on first use, as the warm-up makes it."""
+    import multiprocessing
+
+    if not multiprocessing.current_process().name.startswith(_WORKER_PROCESS):
+        return
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+
+    gather = CPUModelRunner.sync_and_gather_intermediate_tensors
+
+    def sync_and_gather(self: Any, num_tokens: int, intermediate_tensors: Any, sync_self: bool) -> Any:
+        if self.intermediate_tensors is None:
+            self.intermediate_tensors = self.model.make_empty_intermediate_tensors(
+                batch_size=self.max_num_tokens, dtype=self.model_config.dtype, device=self.device)
+        return gather(self, num_tokens, intermediate_tensors, sync_self)
+
+    CPUModelRunner.sync_and_gather_intermediate_tensors = sync_and_gather
 
 
 def warn_unless_fate_shared() -> None:
@@ -258,7 +295,8 @@ def _step_reporter(watch: StallWatch) -> type:
     return StepReporter
 
 
-def _engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
+def engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
+    """The vLLM engine arguments (AsyncEngineArgs) that run `spec`."""
     kwargs = {
         **spec.engine_args,
         "model": spec.model_path,
@@ -268,48 +306,11 @@ def _engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
     }
     if spec.distributed_backend:
         kwargs["distributed_executor_backend"] = spec.distributed_backend
+    if spec.expert_parallel:
+        kwargs["enable_expert_parallel"] = True
+    if (rank := spec.data_parallel) is not None:
+        # One engine per rank, each its own server ("external load balancing": Serve routes among the ranks),
+        # meeting at rank 0's address; the layout Ray Serve LLM's data-parallel deployments use.
+        kwargs |= {"data_parallel_size": rank.size, "data_parallel_rank": rank.rank,
+                   "data_parallel_address": rank.address, "data_parallel_rpc_port": rank.rpc_port}
     return kwargs
-
-
-def _invalid_request(exc: Exception) -> dict[str, Any]:
-    """The 400 body for a request vLLM's models refuse.
-
-    Some of vLLM's "before" validators read a field before its type is checked (`structured_outputs: 5` raises
-    AttributeError in check_structured_outputs_count), and pydantic lets such errors through as they are:
-    raised while parsing the body, they are still the client's fault, never a 500."""
-    if isinstance(exc, ValidationError):
-        return openai_error(400, _validation_message(exc), param=_validation_param(exc))
-    return openai_error(400, f"invalid request: {exc}")
-
-
-# vLLM hands each request to its engine core as msgpack, which carries no integer outside int64/uint64: a larger
-# one in a field vLLM leaves unbounded (stream_interval, for one) fails there, once the reply has begun, as a 500.
-_MSGPACK_INTS = range(-(2**63), 2**64)
-
-
-def _field_with_huge_int(body: dict[str, Any], fields: Iterable[str]) -> str | None:
-    """The first of vLLM's request fields in `body` that holds an integer msgpack cannot carry, if any."""
-    for name in fields:
-        pending = [body.get(name)]
-        while pending:  # a loop, not recursion: a field typed dict[str, Any] may nest deeply
-            value = pending.pop()
-            if isinstance(value, dict):
-                pending.extend(value.values())
-            elif isinstance(value, list):
-                pending.extend(value)
-            elif isinstance(value, int) and value not in _MSGPACK_INTS:
-                return name
-    return None
-
-
-def _validation_message(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "body"
-        problems.append(f"{where}: {error['msg']}")
-    return "invalid request: " + "; ".join(problems)
-
-
-def _validation_param(exc: ValidationError) -> str | None:
-    errors = exc.errors()
-    return ".".join(str(part) for part in errors[0]["loc"]) if errors else None

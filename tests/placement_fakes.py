@@ -4,6 +4,7 @@ open on demand, so a simulated GPU cluster (tests/gpu_cluster.py) can be checked
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
@@ -41,27 +42,31 @@ class PlacementProbeEngine(FakeServingEngine):
 
 
 async def probe_placement(spec: EngineSpec, placement_group: Any) -> dict[str, Any]:
-    """The engine's spec, the replica's node, and for each bundle of `placement_group` the node Ray reserved it
-    on and the node and GPU ids a worker scheduled into it sees."""
+    """The engine's spec, the replica's node, and for each bundle of `placement_group` (of the engine's own, for a
+    data-parallel rank) the node Ray reserved it on and the node and GPU ids a worker scheduled into it sees."""
     import ray
     from ray.util import placement_group_table
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    rank = spec.data_parallel
     report: dict[str, Any] = {
         "model_path": spec.model_path, "tensor": spec.tensor_parallel, "pipeline": spec.pipeline_parallel,
         "executor": spec.distributed_backend, "replica_node": ray.get_runtime_context().get_node_id(),
+        "expert_parallel": spec.expert_parallel, "data_parallel": rank and dataclasses.asdict(rank),
         "strategy": None, "bundles": []}
     if placement_group is None:
         return report
     table = placement_group_table(placement_group)
     report["strategy"] = table["strategy"]
+    # A data-parallel rank's engine uses its own bundles of the gang's group, as vLLM's Ray executor is told to.
+    own = set(rank.bundles) if rank else set(table["bundles"])
 
     # max_calls=0: Ray would otherwise start a fresh process for every GPU task; one per node is enough here.
     @ray.remote(num_cpus=0, max_calls=0)
     def worker() -> tuple[str, list[Any]]:
         return ray.get_runtime_context().get_node_id(), ray.get_gpu_ids()
 
-    for index, bundle in sorted(table["bundles"].items()):
+    for index, bundle in sorted(item for item in table["bundles"].items() if item[0] in own):
         # One at a time, so each node reuses one probe process instead of starting one per bundle.
         node, gpu_ids = await worker.options(num_gpus=bundle.get("GPU", 0), scheduling_strategy=(
             PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=index))).remote()

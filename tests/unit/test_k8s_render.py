@@ -110,10 +110,12 @@ def test_ray_autoscaler_reads_the_rendered_cluster(path: Path) -> None:
         gpus = node["resources"].get("GPU", 0)
         for model in hosted:
             placement = replica_placement(model)
-            bundles = placement.placement_group_bundles or [
+            # A data-parallel replica is a gang: its Serve replicas' bundles are placed as one group.
+            bundles = (placement.placement_group_bundles or [
                 {"CPU": placement.ray_actor_options["num_cpus"], **placement.ray_actor_options["resources"]}]
-            assert fits(bundles, node["resources"], -(-model.parallelism.world_size // gpus) if gpus else 1)
-        wanted = sum(m.autoscaling.max_replicas * m.parallelism.world_size for m in hosted)
+            ) * placement.gang_size
+            assert fits(bundles, node["resources"], -(-model.parallelism.workers // gpus) if gpus else 1)
+        wanted = sum(m.autoscaling.max_replicas * m.parallelism.workers for m in hosted)
         assert node["max_workers"] * (gpus or node["resources"]["CPU"]) >= wanted
 
 
@@ -164,7 +166,6 @@ def test_pods_get_volumes_secrets_and_the_config() -> None:
         env = {e["name"]: e for e in container(group)["env"]}
         assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token", "optional": True}
         assert env["LLMCLUSTER_API_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "llmcluster-api-keys"
-        assert container(group)["lifecycle"]["preStop"]["exec"]["command"][-1] == "ray stop"
     assert rendered["pvc.yaml"]["spec"]["storageClassName"] == "standard-rwx"
 
 

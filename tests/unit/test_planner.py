@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from cluster.fit_check import FitCheck, check_config
+from cluster.fit_check import FitCheck, check_config, fit_warnings
 from cluster.model_shape import ModelShape, ModelShapeError, read_shape, with_precision
-from cluster.planner import (GPUS, PlanError, candidate_layouts, fit_warnings, gpu_memory, plan, stage_layers,
+from cluster.planner import (GPUS, Layout, PlanError, candidate_layouts, gpu_memory, plan, stage_layers,
                              tensor_sizes)
 from serve_app.config import ClusterConfig, ModelConfig
 from tests.unit.model_configs import DEEPSEEK_V3, LLAMA_3_70B, QWEN2_5_7B, QWEN2_5_32B, SMOLLM2_135M
@@ -268,6 +268,58 @@ def test_fit_warnings_use_the_engine_quantization(shapes):
     assert fit_warnings(quantized, shapes["llama-3-70b"]) == ()
 
 
+# --- expert parallelism: data-parallel ranks sharing a MoE model's experts ---
+
+def test_routed_experts_are_almost_all_of_deepseek_v3(shapes):
+    shape = shapes["deepseek-v3"]
+    assert shape.is_moe and close(sum(shape.layer_expert_params), 654e9, 0.01)
+    assert shape.layer_expert_params[:3] == (0, 0, 0)  # first_k_dense_replace: 3 dense layers
+    assert not shapes["llama-3-70b"].is_moe
+
+
+def test_ranks_hold_attention_whole_and_share_the_experts(shapes):
+    shape, h100 = shapes["deepseek-v3"], GPUS["h100"]
+    tokens = 16 * 8192
+    eight, sixteen = (gpu_memory(shape, Layout(1, 1, ranks // 8, data=ranks, expert=True), tokens, h100, 0.9)
+                      for ranks in (8, 16))
+    routed = sum(shape.layer_expert_bytes(i) for i in range(shape.num_layers))
+    # Doubling the ranks halves each one's experts and its share of the sequences; the rest stays whole.
+    assert close(eight.weights - sixteen.weights, routed / 16, 0.001)
+    assert eight.kv_cache == 2 * sixteen.kv_cache
+
+
+def test_deepseek_v3_in_wide_expert_parallelism_takes_sixteen_h100s(shapes):
+    result = plan(shapes["deepseek-v3"], "H100", 8192, 16, expert_parallel=True)
+    assert result.fits and result.layout == Layout(1, 1, 2, data=16, expert=True)
+    assert str(result.layout) == "TP1 x PP1 x DP16 with expert parallelism on 2 nodes"
+    assert "DP8 with expert parallelism on 1 node" in result.reason  # eight ranks' experts overflow an H100
+    assert plan(shapes["deepseek-v3"], "H200", 8192, 16, expert_parallel=True).layout.data == 8
+
+
+def test_expert_parallel_planning_refuses_a_dense_model(shapes):
+    with pytest.raises(PlanError, match="llama-3-70b has no experts"):
+        plan(shapes["llama-3-70b"], "H100", 8192, 16, expert_parallel=True)
+
+
+def wide_ep_config(**fields: Any) -> ModelConfig:
+    return model_config(parallelism={"data": 16, "expert": True}, engine={"max_model_len": 32768},
+                        resources={"device": "gpu", "accelerator": "H100"}, **fields)
+
+
+def test_fit_warnings_size_each_rank_of_a_wide_ep_replica(shapes):
+    assert fit_warnings(wide_ep_config(), shapes["deepseek-v3"]) == ()
+    narrow = model_config(parallelism={"data": 8, "expert": True}, engine={"max_model_len": 32768},
+                          resources={"device": "gpu", "accelerator": "H100"})
+    (warning,) = fit_warnings(narrow, shapes["deepseek-v3"])
+    assert "at TP1 x PP1 x DP8 with expert parallelism on H100" in warning
+    assert "the planner suggests TP1 x PP1 x DP16 with expert parallelism on 2 nodes" in warning
+
+
+def test_fit_warnings_name_expert_parallelism_of_a_dense_model(shapes):
+    (warning,) = fit_warnings(wide_ep_config(), shapes["qwen2.5-7b"])
+    assert warning.startswith("parallelism.expert is set, but") and "vLLM refuses parallelism.data > 1" in warning
+
+
 # --- the command ---
 
 def test_plan_command_prints_the_layout(tmp_path):
@@ -281,9 +333,11 @@ def test_plan_command_prints_the_layout(tmp_path):
     assert result.exit_code == 0, result.output
     assert "TP8 x PP1 on 1 node" in result.output and "70,272" in result.output
     as_json = runner.invoke(app, ["plan", str(model), "--gpu", "H100", "--json"])
-    assert json.loads(as_json.output)["layout"] == {"tensor": 8, "pipeline": 2, "nodes": 2}
+    assert json.loads(as_json.output)["layout"] == {"tensor": 8, "pipeline": 2, "nodes": 2, "data": 1, "expert": False}
     missing = runner.invoke(app, ["plan", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "error" in missing.output and "Traceback" not in missing.output
+    wide = runner.invoke(app, ["plan", str(model), "--gpu", "H100", "--expert-parallel", "--json"])
+    assert json.loads(wide.output)["layout"] == {"tensor": 1, "pipeline": 1, "nodes": 2, "data": 16, "expert": True}
     too_big = runner.invoke(app, ["plan", str(model), "--gpu", "L4", "--gpus-per-node", "1"])
     assert too_big.exit_code == 1 and "does not fit" in " ".join(too_big.output.split())
 
