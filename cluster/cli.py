@@ -16,6 +16,7 @@ from cluster import plan_command
 from cluster import ray_session
 from cluster import render_command
 from cluster import status_command
+from cluster.bench import command as bench_command
 from cluster.console import console, fail, warn
 from serve_app.log_setup import LogFormat, configure_logging
 
@@ -191,6 +192,7 @@ app.command(name="status")(status_command.status)
 app.add_typer(render_command.render_app, name="render")
 app.add_typer(keys_command.keys_app, name="keys")
 app.command(name="batch")(batch_command.batch)
+app.command(name="bench")(bench_command.bench)
 
 
 if __name__ == "__main__":

