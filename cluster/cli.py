@@ -94,7 +94,7 @@ def serve(
     cluster = _serving_config(config, port, log_format)
     from cluster import foreground
     from cluster.deploy import base_url, deploy
-    from serve_app.builder import longest_drain_s
+    from serve_app.config import longest_drain_s
 
     address = address or os.environ.get("RAY_ADDRESS")
     if detach and not address:
@@ -183,6 +183,37 @@ def shutdown(address: AddressOption = None,
         if remove(app_name):
             removed.append(app_name)
     console.print(f"removed {', '.join(removed)}" if removed else "nothing to remove")
+
+
+@app.command(name="drain-node")
+def drain_node(
+    dashboard: Annotated[str, typer.Option(
+        help="The Ray head's dashboard, where Serve's REST API answers, e.g. http://HEAD:8265.")],
+    deadline_s: Annotated[int, typer.Option("--deadline-s", min=1, help=(
+        "Seconds until the pod is killed: Serve stops each replica here at the latest its drain timeout "
+        "before them, and the wait ends then."))],
+    node_id: Annotated[Optional[str], typer.Option(
+        help="Ray node to drain (default: the one at this machine's address that runs Serve replicas).")] = None,
+    address: Annotated[Optional[str], typer.Option(
+        help="GCS address for `ray drain-node` (default: RAY_ADDRESS, else the local Ray).")] = None,
+) -> None:
+    """Drain this pod's Ray node before the pod stops (the rendered worker pods' preStop hook).
+
+    Serve starts replacements of the node's replicas on other nodes and stops these gracefully; this waits until
+    none is left, then exits 0 (at once when none ran here). Exits 1 when replicas are still there at the
+    deadline, 2 when Ray refuses the drain or Serve cannot be read."""
+    import subprocess
+
+    from cluster.pod_drain import drain_node as drain
+
+    try:
+        result = drain(dashboard, deadline_s, node_id=node_id, address=address)
+    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
+        fail(f"drain failed: {exc}")
+    if not result.drained:
+        fail(f"{len(result.left)} replica(s) still on this node after {result.waited_s:.0f}s: "
+             f"{', '.join(result.left)}", status=1)
+    console.print(f"drained: no Serve replica left on this node after {result.waited_s:.0f}s", highlight=False)
 
 
 app.command(name="plan")(plan_command.plan)

@@ -6,7 +6,7 @@ from pathlib import PurePosixPath
 
 from kubernetes import client as k8s
 
-from cluster import kuberay
+from cluster import k8s_lifecycle, kuberay
 from cluster.cloud_presets import GPU_RESOURCE, pool_node_selector, pool_tolerations
 from serve_app.config import ClusterConfig, ConfigError
 from serve_app.kubernetes_config import NodePoolConfig, TolerationConfig
@@ -82,22 +82,35 @@ def _keys_dir_problem(config: ClusterConfig, path: PurePosixPath) -> str | None:
 def head_template(config: ClusterConfig, image: str, component: str, *, serving: bool) -> k8s.V1PodTemplateSpec:
     """The head pod; `serving` pods (the RayService's, not a batch job's) also get the router's API keys."""
     head = config.kubernetes.head
+    # No readiness probe of ours: KubeRay deploys the Serve application only once the head is Ready, so a probe
+    # on /ready would wait forever; the head keeps KubeRay's probes, and Ray stops with it at once.
     container = _ray_container(config, kuberay.HEAD_CONTAINER, image, kuberay.HEAD_PORTS,
-                               _resources(head.cpus, head.memory, gpus=0), serving)
+                               _resources(head.cpus, head.memory, gpus=0), serving,
+                               lifecycle=k8s_lifecycle.ray_stop_on_stop())
     return _template(config, component, container, head.node_selector, head.tolerations, serving)
 
 
 def worker_template(config: ClusterConfig, image: str, component: str, pool: NodePoolConfig, *,
                     serving: bool) -> k8s.V1PodTemplateSpec:
+    """A worker pod of `pool`. A serving one (the RayService's) is ready on the router's /ready and, when it
+    stops, drains: its model replicas move to other nodes, finishing their requests, before Ray stops."""
     cloud = config.kubernetes.cloud
-    container = _ray_container(config, kuberay.WORKER_CONTAINER, image, kuberay.WORKER_PORTS,
-                               _resources(pool.cpus, pool.memory, gpus=pool.gpus_per_node), serving)
+    resources = _resources(pool.cpus, pool.memory, gpus=pool.gpus_per_node)
+    if serving:
+        container = _ray_container(config, kuberay.WORKER_CONTAINER, image, kuberay.SERVING_WORKER_PORTS,
+                                   resources, serving, lifecycle=k8s_lifecycle.drain_on_stop(config),
+                                   readiness=k8s_lifecycle.readiness_probe(config))
+    else:
+        container = _ray_container(config, kuberay.WORKER_CONTAINER, image, kuberay.WORKER_PORTS, resources,
+                                   serving, lifecycle=k8s_lifecycle.ray_stop_on_stop())
+    grace_s = k8s_lifecycle.termination_grace_s(config) if serving else None
     return _template(config, component, container, pool_node_selector(cloud, pool), pool_tolerations(cloud, pool),
-                     serving)
+                     serving, grace_s)
 
 
 def _template(config: ClusterConfig, component: str, container: k8s.V1Container, node_selector: dict[str, str],
-              tolerations: tuple[TolerationConfig, ...], serving: bool) -> k8s.V1PodTemplateSpec:
+              tolerations: tuple[TolerationConfig, ...], serving: bool,
+              grace_s: int | None = None) -> k8s.V1PodTemplateSpec:
     return k8s.V1PodTemplateSpec(
         metadata=k8s.V1ObjectMeta(labels={**common_labels(config), "app.kubernetes.io/component": component}),
         spec=k8s.V1PodSpec(
@@ -105,12 +118,14 @@ def _template(config: ClusterConfig, component: str, container: k8s.V1Container,
             volumes=_volumes(config, serving),
             node_selector=node_selector or None,
             tolerations=[_toleration(t) for t in tolerations] or None,
+            termination_grace_period_seconds=grace_s,
         ),
     )
 
 
 def _ray_container(config: ClusterConfig, name: str, image: str, ports: dict[str, int],
-                   resources: k8s.V1ResourceRequirements, serving: bool) -> k8s.V1Container:
+                   resources: k8s.V1ResourceRequirements, serving: bool, *, lifecycle: k8s.V1Lifecycle,
+                   readiness: k8s.V1Probe | None = None) -> k8s.V1Container:
     return k8s.V1Container(
         name=name,
         image=image,
@@ -119,10 +134,9 @@ def _ray_container(config: ClusterConfig, name: str, image: str, ports: dict[str
         resources=resources,
         env=_env(config, serving),
         volume_mounts=_volume_mounts(config, serving),
-        # Lets Ray hand its work over before the pod goes, instead of being killed mid-request. The handler
-        # takes `exec` by its wire name: the client silently drops it when given as `var_exec`.
-        lifecycle=k8s.V1Lifecycle(pre_stop=k8s.V1LifecycleHandler(
-            **{"exec": k8s.V1ExecAction(command=["/bin/sh", "-c", "ray stop"])})),
+        # A container with no probe of its own gets KubeRay's; KubeRay keeps one given here.
+        readiness_probe=readiness,
+        lifecycle=lifecycle,
     )
 
 

@@ -20,6 +20,10 @@ DASHBOARD_PORT = 8265
 HEAD_PORTS = {"gcs-server": 6379, "dashboard": DASHBOARD_PORT, "client": 10001, SERVE_PORT_NAME: SERVE_PORT,
               METRICS_PORT_NAME: METRICS_PORT}
 WORKER_PORTS = {METRICS_PORT_NAME: METRICS_PORT}
+# A RayService's workers also run a Serve proxy (proxy_location EveryNode); KubeRay looks its port up by name.
+SERVING_WORKER_PORTS = {**WORKER_PORTS, SERVE_PORT_NAME: SERVE_PORT}
+# The head Service's address, set by KubeRay in every worker container (the head's dashboard listens there).
+HEAD_ADDRESS_ENV = "FQ_RAY_IP"
 # Who calls the head's dashboard port from outside the Ray cluster: the operator, to deploy a RayService's
 # Serve config and follow its state (labels its pod has under both the Helm chart and the kustomize install),
 # and a RayJob's submitter pod (K8sJobMode), in a Job that KubeRay names after the RayJob.

@@ -7,7 +7,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from serve_app.config import ClusterConfig, ModelConfig, load_config, parse_config
+from serve_app.config import ClusterConfig, ModelConfig, load_config, longest_drain_s, parse_config
 from serve_app.engine_protocol import Engine
 from serve_app.llm_server import LLMServer
 from serve_app.log_setup import internal_logging_config
@@ -53,10 +53,6 @@ def drain_options(timeout_s: float) -> dict[str, float]:
     The engine's own shutdown runs inside the same budget; past it Serve kills the replica, and the engine's
     processes die with it (see vllm_adapter.fate_share_engine_process)."""
     return {"graceful_shutdown_timeout_s": timeout_s, "graceful_shutdown_wait_loop_s": DRAIN_POLL_S}
-
-
-def longest_drain_s(config: ClusterConfig) -> float:
-    return max(model.drain_timeout_s for model in config.models)
 
 
 def health_options(model: ModelConfig) -> dict[str, float]:

@@ -252,6 +252,11 @@ def load_config(path: str | Path) -> ClusterConfig:
     return parse_config(data, origin=str(path))
 
 
+def longest_drain_s(config: ClusterConfig) -> float:
+    """The longest drain of any model: what the router, and a pod stopping under replicas, must wait for."""
+    return max(model.drain_timeout_s for model in config.models)
+
+
 def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():

@@ -16,6 +16,7 @@ class FakeServingEngine:
     """Each answer is one engine step; once hung, no step ever finishes and every request waits forever."""
 
     start_delay_s: ClassVar[float] = 0.0
+    answer_delay_s: ClassVar[float] = 0.01
     max_model_len = 2048
     max_num_seqs = 8
 
@@ -42,7 +43,7 @@ class FakeServingEngine:
             self._hung = self._hung or HANG_WORD in text
             if self._hung:
                 await asyncio.Event().wait()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(self.answer_delay_s)
             if self._watch is not None:
                 self._watch.stepped()
             return EngineReply(200, {"id": f"chatcmpl-{request_id}", "object": "chat.completion",
@@ -73,3 +74,9 @@ class SlowStartingEngine(FakeServingEngine):
     """Loads for a few seconds, as a real engine does: long enough to see /ready say 503 meanwhile."""
 
     start_delay_s = 8.0
+
+
+class SlowAnswerEngine(FakeServingEngine):
+    """Takes seconds per answer, as a long generation does: long enough to drain its node meanwhile."""
+
+    answer_delay_s = 15.0
