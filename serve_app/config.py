@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from serve_app.kubernetes_config import KubernetesConfig
 from serve_app.observability_config import HealthConfig, LoggingSettings, TracingSettings
+from serve_app.openai_settings import frontend_problem, task_engine_problem
 from serve_app.vllm_adapter import VLLM_VERSION, vllm_engine_arg_names
 
 
@@ -145,8 +146,14 @@ class ModelConfig(_Section):
     aliases: tuple[str, ...] = Field((), description="Other names the router accepts for this model.")
     source: str = Field(
         description="Where the weights come from: builtin:<name>, a Hugging Face repo id, or a local directory.")
+    task: Literal["generate", "embed"] = Field(
+        "generate", description="What the model serves: generate (chat, completions, responses) or embed "
+                                "(embeddings, through vLLM's pooling runner); both serve tokenize and detokenize.")
     engine: dict[str, Any] = Field(
         default_factory=dict, description="vLLM engine arguments (AsyncEngineArgs field names), e.g. max_model_len.")
+    frontend: dict[str, Any] = Field(
+        default_factory=dict, description="Settings of vLLM's OpenAI layer for this model (FrontendArgs names), "
+                                          "e.g. tool_call_parser and enable_auto_tool_choice, chat_template.")
     parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig,
                                            description="Tensor, pipeline, data and expert parallelism of one replica.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig,
@@ -166,7 +173,7 @@ class ModelConfig(_Section):
     @field_validator("engine")
     @classmethod
     def _engine_args_owned_elsewhere(cls, engine: dict[str, Any]) -> dict[str, Any]:
-        owned = {"model": "source", "served_model_name": "name/aliases",
+        owned = {"model": "source", "served_model_name": "name/aliases", "runner": "task",
                  "tensor_parallel_size": "parallelism.tensor", "pipeline_parallel_size": "parallelism.pipeline",
                  "enable_expert_parallel": "parallelism.expert",
                  **{f"data_parallel_{arg}": "parallelism.data" for arg in DATA_PARALLEL_ARGS}}
@@ -194,6 +201,14 @@ class ModelConfig(_Section):
         if parallelism.data > 1 and resources.placement_strategy == "STRICT_PACK":
             raise ValueError("resources.placement_strategy STRICT_PACK cannot place parallelism.data > 1: the "
                              "ranks of a data-parallel group are gang-scheduled with PACK or SPREAD")
+        return self
+
+    @model_validator(mode="after")
+    def _settings_fit_task(self) -> ModelConfig:
+        problem = task_engine_problem(self.engine, self.task) or frontend_problem(self.frontend, self.task,
+                                                                                   VLLM_VERSION)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property

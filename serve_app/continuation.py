@@ -13,6 +13,11 @@ _NOT_CONTINUABLE = ("best_of", "logprobs", "top_logprobs", "echo", "suffix", "to
                     "prompt_logprobs")
 
 
+_CONTINUABLE_ENDPOINTS = ("chat", "completions")
+# A Responses API stream ends with one of these events; its response holds the usage (input and output tokens).
+RESPONSES_FINAL_EVENTS = tuple(f"event: response.{end}\n" for end in ("completed", "incomplete", "failed"))
+
+
 @dataclass(frozen=True)
 class Impossible:
     """Why a stream cannot be continued; the client gets this in an error event."""
@@ -47,6 +52,10 @@ def read_sent(endpoint: str, lines: list[str]) -> SentSoFar:
 
 def continuation_body(endpoint: str, body: dict[str, Any], sent: SentSoFar) -> dict[str, Any] | Impossible:
     """The body that asks another replica for the rest of the answer, or why there is none."""
+    if endpoint not in _CONTINUABLE_ENDPOINTS:
+        # A Responses API stream's events (output items, content parts, sequence numbers) are built by the
+        # replica that generates: another replica cannot pick them up mid-way.
+        return Impossible(f"{endpoint} streams cannot be continued on another replica")
     if (body.get("n") or 1) != 1:
         return Impossible("a stream of several choices (n > 1) cannot be continued on another replica")
     blocking = [name for name in _NOT_CONTINUABLE if body.get(name) not in (None, False, 0, [], {})]
@@ -59,11 +68,28 @@ def continuation_body(endpoint: str, body: dict[str, Any], sent: SentSoFar) -> d
         if not isinstance(body.get("prompt"), str):
             return Impossible("only a single text prompt can be continued on another replica")
         return {**body, "prompt": body["prompt"] + sent.text, **rest}
-    if endpoint == "chat" and isinstance(body.get("messages"), list):
+    if isinstance(body.get("messages"), list):
         messages = [*body["messages"], {"role": "assistant", "content": sent.text}]
         return {**body, "messages": messages, "add_generation_prompt": False, "continue_final_message": True,
                 **rest}
-    return Impossible(f"{endpoint} streams cannot be continued on another replica")
+    return Impossible("only a list of chat messages can be continued on another replica")
+
+
+def is_last_event(line: str) -> bool:
+    """Whether `line` completes a stream for its client: [DONE], or a Responses API stream's final event."""
+    return "data: [DONE]" in line or line.startswith(RESPONSES_FINAL_EVENTS)
+
+
+def stream_error_event(endpoint: str, error: dict[str, Any], events_sent: int) -> str:
+    """The SSE event that ends a stream with `error` (an OpenAI error body) once its headers are gone.
+
+    A Responses API stream ends with its `error` event (no [DONE]); the body's `error` object rides along, so
+    the openai client raises it as it does a chat stream's error."""
+    if endpoint == "responses":
+        event = {"type": "error", "code": str(error["error"].get("code")), "message": error["error"]["message"],
+                 "param": None, "sequence_number": events_sent, **error}
+        return f"event: error\ndata: {json.dumps(event)}\n\n"
+    return f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n"
 
 
 def _remaining_tokens(body: dict[str, Any], used: int) -> dict[str, int] | None:

@@ -15,6 +15,23 @@ class Endpoint(StrEnum):
 
     CHAT = "chat"
     COMPLETIONS = "completions"
+    RESPONSES = "responses"
+    EMBEDDINGS = "embeddings"
+    TOKENIZE = "tokenize"
+    DETOKENIZE = "detokenize"
+
+    @property
+    def tasks(self) -> frozenset[str]:
+        """The model tasks (a model's config `task`) whose engines answer this endpoint."""
+        return _ENDPOINT_TASKS[self]
+
+
+# Generation endpoints need a generating model, embeddings a pooling one; both tokenize.
+_ENDPOINT_TASKS = {
+    Endpoint.CHAT: frozenset({"generate"}), Endpoint.COMPLETIONS: frozenset({"generate"}),
+    Endpoint.RESPONSES: frozenset({"generate"}), Endpoint.EMBEDDINGS: frozenset({"embed"}),
+    Endpoint.TOKENIZE: frozenset({"generate", "embed"}), Endpoint.DETOKENIZE: frozenset({"generate", "embed"}),
+}
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,9 @@ class EngineSpec:
     expert_parallel: bool = False  # a MoE model's experts spread over the ranks, whole, instead of sliced
     data_parallel: DataParallelRank | None = None  # this engine's rank when the replica is data parallel
     stall_timeout_s: float | None = None  # busy without an engine step this long: hung; None: never checked
+    task: str = "generate"  # the model's config `task`: generate (chat, completions, responses) or embed
+    # Settings of vLLM's OpenAI layer (its FrontendArgs names), such as the tool-call parser.
+    frontend_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,6 +91,22 @@ class Engine(Protocol):
         """Answer an OpenAI completion request body, as `chat` does."""
         ...
 
+    async def responses(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        """Answer an OpenAI Responses API request body, as `chat` does; a stream is of `event:` SSE lines."""
+        ...
+
+    async def embeddings(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        """Answer an OpenAI embeddings request body (an embed model's), as `chat` does, never streaming."""
+        ...
+
+    async def tokenize(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        """The token ids of a prompt or of chat messages, as vLLM's /tokenize answers."""
+        ...
+
+    async def detokenize(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        """The text of token ids, as vLLM's /detokenize answers."""
+        ...
+
     async def check_health(self) -> None:
         """Raise when the engine is dead or hung."""
         ...
@@ -95,3 +131,11 @@ async def answer(engine: Engine, endpoint: Endpoint, body: dict[str, Any], reque
             return await engine.chat(body, request_id)
         case Endpoint.COMPLETIONS:
             return await engine.completions(body, request_id)
+        case Endpoint.RESPONSES:
+            return await engine.responses(body, request_id)
+        case Endpoint.EMBEDDINGS:
+            return await engine.embeddings(body, request_id)
+        case Endpoint.TOKENIZE:
+            return await engine.tokenize(body, request_id)
+        case Endpoint.DETOKENIZE:
+            return await engine.detokenize(body, request_id)

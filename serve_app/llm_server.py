@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app.config import ModelConfig
+from serve_app.continuation import RESPONSES_FINAL_EVENTS
 from serve_app.data_parallel import DataParallelRank, join_group, leave_group
 from serve_app.engine_protocol import Endpoint, Engine, EngineReply, EngineSpec, answer
 from serve_app.log_setup import configure_logging
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 _USAGE_MARK = '"usage":{'
 _NO_CHOICES_MARK = '"choices":[]'
 _DONE_LINE = "data: [DONE]"
+# Endpoints whose streams send their usage only when `stream_options.include_usage` asks for it.
+_USAGE_OPTION_ENDPOINTS = (Endpoint.CHAT, Endpoint.COMPLETIONS)
 # The ranks of a gang start together; rank 0 publishes its address within seconds of starting.
 DATA_PARALLEL_MEETING_TIMEOUT_S = 300.0
 
@@ -81,6 +84,8 @@ def engine_spec(model: ModelConfig, model_path: str, allowed_cores: list[int] | 
         expert_parallel=model.parallelism.expert,
         data_parallel=data_parallel,
         stall_timeout_s=model.health.stall_timeout_s,
+        task=model.task,
+        frontend_args=dict(model.frontend),
     )
 
 
@@ -97,14 +102,27 @@ def usage_of(chunk: str) -> ReplyEnd:
         return ReplyEnd()
 
 
+def response_usage_of(event: str) -> ReplyEnd:
+    """The usage of a Responses API stream's final event (`event: response.completed` and its data line)."""
+    try:
+        usage = json.loads(event.split("data: ", 1)[1])["response"]["usage"]
+        return ReplyEnd(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0))
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return ReplyEnd()
+
+
 async def stream_items(chunks: AsyncIterator[str], client_wants_usage: bool) -> AsyncIterator[str | ReplyEnd]:
     """The engine's SSE chunks, with the token count as a ReplyEnd just before [DONE] (or last, without one).
 
     The count goes before [DONE] because a client hangs up on [DONE], and the router may stop reading then.
-    The usage chunk reaches the client only if it asked for it."""
+    The usage chunk reaches the client only if it asked for it. A Responses API stream has no [DONE]: its
+    count goes just before its final event, which holds it."""
     end: ReplyEnd | None = ReplyEnd()
     async for chunk in chunks:
-        if _USAGE_MARK in chunk and _NO_CHOICES_MARK in chunk:  # the usage chunk vLLM sends before [DONE]
+        if chunk.startswith(RESPONSES_FINAL_EVENTS) and end is not None:
+            yield response_usage_of(chunk)
+            end = None
+        elif _USAGE_MARK in chunk and _NO_CHOICES_MARK in chunk:  # the usage chunk vLLM sends before [DONE]
             end = usage_of(chunk)
             if not client_wants_usage:
                 continue
@@ -148,7 +166,8 @@ class LLMServer:
         endpoint = Endpoint(endpoint)  # a ValueError for an endpoint engines do not answer
         client_wants_usage = wants_usage(body)
         options = body.get("stream_options")
-        if body.get("stream") is True and not client_wants_usage and (options is None or isinstance(options, dict)):
+        if (endpoint in _USAGE_OPTION_ENDPOINTS and body.get("stream") is True and not client_wants_usage
+                and (options is None or isinstance(options, dict))):
             # Quotas need the token count of every stream; the client gets the usage chunk only if it asked.
             body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
         reply: EngineReply = await answer(self._engine, endpoint, body, request_id)

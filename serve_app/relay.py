@@ -14,7 +14,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from serve_app.admission import COLD_RETRY_AFTER_S, QueueTicket
-from serve_app.continuation import Impossible, StreamSplice, continuation_body, read_sent
+from serve_app.continuation import (Impossible, StreamSplice, continuation_body, is_last_event, read_sent,
+                                    stream_error_event)
 from serve_app.errors import ApiError, openai_error
 from serve_app.llm_server import Accepted, ReplyEnd, ReplyHead
 from serve_app.metrics import RequestObservation
@@ -128,6 +129,8 @@ def _usage(body: Any) -> tuple[int | None, int | None]:
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         return None, None
+    if "input_tokens" in usage:  # the Responses API's names
+        return usage.get("input_tokens"), usage.get("output_tokens")
     return usage.get("prompt_tokens"), usage.get("completion_tokens")
 
 
@@ -173,7 +176,7 @@ class RelayedStream(StreamingResponse):
                         if line is not None:
                             sent.append(line)
                             observation.token()
-                            if "data: [DONE]" in line:
+                            if is_last_event(line):
                                 self._status = 200  # complete for the client, which may hang up on it
                             yield line
                     elif isinstance(item, ReplyEnd):
@@ -184,7 +187,7 @@ class RelayedStream(StreamingResponse):
                 raise
             except Exception as exc:
                 logger.warning("stream %s from model %s broke: %s", self._call.request_id, self._call.route.name, exc)
-                if sent and "data: [DONE]" in sent[-1]:
+                if sent and is_last_event(sent[-1]):
                     self._status = 200
                     return  # everything was sent; only the usage report was lost
                 self._replies.cancel()
@@ -201,21 +204,21 @@ class RelayedStream(StreamingResponse):
         body = continuation_body(call.endpoint, call.body, progress)
         if isinstance(body, Impossible) or not _may_retry(call, self._attempts):
             reason = body.reason if isinstance(body, Impossible) else "no attempts left"
-            return None, self._error_event(f"model {call.route.name!r} failed mid-stream ({reason}); retry")
+            return None, self._error_event(f"model {call.route.name!r} failed mid-stream ({reason}); retry", sent)
         try:
             self._replies, head, self._attempts = await open_reply(replace(call, body=body), self._ticket,
                                                                    first_attempt=self._attempts)
         except ApiError as exc:
-            return None, self._error_event(exc.message)
+            return None, self._error_event(exc.message, sent)
         if not head.streaming:
             return None, self._error_event(f"model {call.route.name!r} could not continue the stream: "
-                                           f"{json.dumps(head.body)[:300]}")
+                                           f"{json.dumps(head.body)[:300]}", sent)
         call.observation.failed_over()
         logger.warning("stream %s of model %s continues on another replica after %d chunks",
                        call.request_id, call.route.name, progress.chunks)
         return StreamSplice(progress.stream_id), None
 
-    def _error_event(self, message: str) -> str:
+    def _error_event(self, message: str, sent: list[str]) -> str:
         # Headers are gone already: the error travels as a final SSE event, so no stream ends silently.
         error = openai_error(503, message, request_id=self._call.request_id)
-        return f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n"
+        return stream_error_event(self._call.endpoint, error, events_sent=len(sent))

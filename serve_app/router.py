@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -13,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.admission import ModelQueue
 from serve_app.config import ClusterConfig, ModelConfig, RequestLimitsConfig, RouterConfig
+from serve_app.engine_protocol import Endpoint
 from serve_app.errors import ApiError, openai_error
 from serve_app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serve_app.metrics import RouterMetrics, catalog_queues
@@ -26,6 +29,12 @@ from serve_app.tenancy.limiter import estimate_prompt_tokens
 
 logger = logging.getLogger(__name__)
 
+# Where each endpoint is served: OpenAI's paths, and vLLM's for tokenization.
+ENDPOINT_PATHS = MappingProxyType({
+    Endpoint.CHAT: "/v1/chat/completions", Endpoint.COMPLETIONS: "/v1/completions",
+    Endpoint.RESPONSES: "/v1/responses", Endpoint.EMBEDDINGS: "/v1/embeddings",
+    Endpoint.TOKENIZE: "/tokenize", Endpoint.DETOKENIZE: "/detokenize",
+})
 # Headers with which Ray Serve's HTTP proxy lets a caller change its timeout and disconnect handling.
 PROXY_ONLY_HEADERS = ("x-request-timeout-seconds", "x-request-disconnect-disabled")
 
@@ -43,6 +52,7 @@ class ModelRoute:
     created: int
     limits: RequestLimitsConfig = field(default_factory=RequestLimitsConfig)
     queue: ModelQueue | None = None
+    task: str = "generate"  # the config's `task`: which endpoints the model serves
 
     def __post_init__(self) -> None:
         if self.queue is None:
@@ -55,7 +65,7 @@ class ModelRoute:
                            idle_after_s=scaling.downscale_delay_s)
         return cls(name=model.name, aliases=model.aliases, handle=handle,
                    cold_start_timeout_s=scaling.cold_start_timeout_s, max_model_len=model.engine.get("max_model_len"),
-                   created=created, limits=model.limits, queue=queue)
+                   created=created, limits=model.limits, queue=queue, task=model.task)
 
 
 class ModelCatalog:
@@ -97,21 +107,28 @@ def create_api(catalog: ModelCatalog, keys: KeyStore | None = None, gate: Gate |
     if ops is not None:
         ops.install(app, authorize)
 
-    async def serve(endpoint: str, request: Request) -> Response:
+    async def serve(endpoint: Endpoint, request: Request) -> Response:
         tenant = authorize(request)
         body = await read_json_object(request, settings.max_body_bytes, settings.body_timeout_s)
         return await _admit_and_relay(catalog, gate, tenant, endpoint, body, request.state.request_id, settings,
                                       metrics)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await serve("chat", request)
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await serve("completions", request)
-
+    _install_inference_routes(app, serve)
     return app
+
+
+def _install_inference_routes(app: FastAPI, serve: Callable[[Endpoint, Request], Awaitable[Response]]) -> None:
+    """A POST route per endpoint, at the path vLLM's own server gives it; each request goes to the model its
+    body names."""
+
+    def route(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+        async def relay_request(request: Request) -> Response:
+            return await serve(endpoint, request)
+
+        return relay_request
+
+    for endpoint, path in ENDPOINT_PATHS.items():
+        app.add_api_route(path, route(endpoint), methods=["POST"], name=endpoint.value)
 
 
 @dataclass(frozen=True)
@@ -194,10 +211,10 @@ def _model_card(name: str, route: ModelRoute) -> dict[str, Any]:
     return card
 
 
-async def _admit_and_relay(catalog: ModelCatalog, gate: Gate | None, tenant: Tenant | None, endpoint: str,
+async def _admit_and_relay(catalog: ModelCatalog, gate: Gate | None, tenant: Tenant | None, endpoint: Endpoint,
                            body: dict[str, Any], request_id: str, settings: RouterConfig,
                            metrics: RouterMetrics) -> Response:
-    route = _route_for(catalog, tenant, body)
+    route = _route_for(catalog, tenant, body, endpoint)
     observation = metrics.request(route.name, tenant.name if tenant else None)
     try:
         limited = apply_limits(endpoint, body, route.limits, route.name)
@@ -223,7 +240,7 @@ async def _admit_and_relay(catalog: ModelCatalog, gate: Gate | None, tenant: Ten
                        admission.finish if admission else _nothing)
 
 
-def _route_for(catalog: ModelCatalog, tenant: Tenant | None, body: dict[str, Any]) -> ModelRoute:
+def _route_for(catalog: ModelCatalog, tenant: Tenant | None, body: dict[str, Any], endpoint: Endpoint) -> ModelRoute:
     model = body.get("model")
     if not isinstance(model, str):
         raise ApiError(400, "`model` is required and must be a string", param="model")
@@ -235,6 +252,10 @@ def _route_for(catalog: ModelCatalog, tenant: Tenant | None, body: dict[str, Any
     if tenant is not None and not tenant.may_use(route.name):
         raise ApiError(403, f"API key {tenant.name!r} may not use model {model!r}; its models: "
                             f"{', '.join(allowed) or 'none'}", param="model")
+    if route.task not in endpoint.tasks:
+        served = ", ".join(path for e, path in ENDPOINT_PATHS.items() if route.task in e.tasks)
+        raise ApiError(400, f"model {model!r} has task {route.task!r}: it serves {served}, not "
+                            f"{ENDPOINT_PATHS[endpoint]}", param="model")
     return route
 
 

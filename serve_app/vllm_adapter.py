@@ -15,6 +15,7 @@ from serve_app.engine_protocol import EngineReply, EngineSpec
 from serve_app.errors import openai_error
 from serve_app.liveness import StallWatch
 from serve_app.process_fate import die_with_parent
+from serve_app.reply_shapes import json_reply, sse_lines
 from serve_app.request_errors import field_with_huge_int, invalid_request_body
 from serve_app.tracing import engine_span
 
@@ -91,13 +92,18 @@ def _place_ranks(spec: EngineSpec) -> None:
 
 class VLLMEngine:
     """The `Engine` of production: vLLM's AsyncLLM with its own OpenAI serving layer in front (chat,
-    completions, models)."""
+    completions, responses, embeddings, tokenization, models)."""
 
-    def __init__(self, client: Any, state: Any, watch: StallWatch | None = None) -> None:
+    def __init__(self, client: Any, state: Any, watch: StallWatch | None = None, task: str = "generate") -> None:
         self._client = client
         self._watch = watch
-        self._chat = state.openai_serving_chat
-        self._completion = state.openai_serving_completion
+        self._task = task
+        # vLLM sets up the serving classes of its model's tasks only: a generating model has no embeddings.
+        self._chat = getattr(state, "openai_serving_chat", None)
+        self._completion = getattr(state, "openai_serving_completion", None)
+        self._responses = getattr(state, "openai_serving_responses", None)
+        self._embedding = getattr(state, "serving_embedding", None)
+        self._tokenization = getattr(state, "serving_tokenization", None)
         self._models = state.openai_serving_models
 
     @classmethod
@@ -125,9 +131,9 @@ class VLLMEngine:
             stat_loggers=[_step_reporter(watch)] if watch else None,
         )
         state = State()
-        args = argparse.Namespace(**(vars(FrontendArgs()) | vars(engine_args)))
+        args = argparse.Namespace(**(vars(FrontendArgs()) | vars(engine_args) | spec.frontend_args))
         await init_app_state(client, state, args, supported_tasks=await client.get_supported_tasks())
-        return cls(client, state, watch)
+        return cls(client, state, watch, spec.task)
 
     @property
     def max_model_len(self) -> int:
@@ -141,30 +147,67 @@ class VLLMEngine:
     async def chat(self, body: dict[str, Any], request_id: str) -> EngineReply:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-        return await self._serve(ChatCompletionRequest, self._chat.create_chat_completion, body, request_id,
-                                 "chatcmpl-")
+        return await self._serve(ChatCompletionRequest, self._chat and self._chat.create_chat_completion, body,
+                                 request_id, "chatcmpl-")
 
     async def completions(self, body: dict[str, Any], request_id: str) -> EngineReply:
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
-        return await self._serve(CompletionRequest, self._completion.create_completion, body, request_id, "cmpl-")
+        return await self._serve(CompletionRequest, self._completion and self._completion.create_completion, body,
+                                 request_id, "cmpl-")
 
-    async def _serve(self, request_type: type, create: Any, body: dict[str, Any], request_id: str,
-                     id_prefix: str) -> EngineReply:
+    async def responses(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+
+        serving = self._responses
+
+        async def create(request: Any, raw_request: Any = None) -> Any:
+            result = await serving.create_responses(request, raw_request=raw_request)
+            return sse_lines(result) if isinstance(result, AsyncIterator) else result
+
+        # vLLM uses a Responses request's id as it is, as the response id: it gets its "resp_" here.
+        return await self._serve(ResponsesRequest, serving and create, body, request_id, "resp_", prefixed=True)
+
+    async def embeddings(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
+
+        if body.get("encoding_format") in ("bytes", "bytes_only"):  # a binary body: not JSON, not relayed
+            return EngineReply(400, openai_error(400, "encoding_format must be float or base64",
+                                                 param="encoding_format"))
+        return await self._serve(EmbeddingRequest, self._embedding, body, request_id, "embd-")
+
+    async def tokenize(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        from vllm.entrypoints.serve.tokenize.protocol import TokenizeRequest
+
+        serving = self._tokenization
+        return await self._serve(TokenizeRequest, serving and serving.create_tokenize, body, request_id, "tokenize-")
+
+    async def detokenize(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest
+
+        serving = self._tokenization
+        return await self._serve(DetokenizeRequest, serving and serving.create_detokenize, body, request_id,
+                                 "tokenize-")
+
+    async def _serve(self, request_type: Any, create: Any, body: dict[str, Any], request_id: str,
+                     id_prefix: str, prefixed: bool = False) -> EngineReply:
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
         from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
+        if create is None:  # the router sends each endpoint to models of its task only; this is the backstop
+            return EngineReply(400, openai_error(400, f"this model's task is {self._task}: it does not serve "
+                                                      f"this endpoint", param="model"))
         try:
-            request = request_type.model_validate(body)
+            request = _request_adapter(request_type).validate_python(body)
         except Exception as exc:  # only the body is at fault here: see invalid_request_body
             return EngineReply(400, invalid_request_body(exc))
-        if (name := field_with_huge_int(body, request_type.model_fields)) is not None:
+        if (name := field_with_huge_int(body, type(request).model_fields)) is not None:
             return EngineReply(400, openai_error(400, f"invalid request: {name}: an integer outside the 64-bit range",
                                                  param=name))
         # vLLM's OpenAI layer names the engine request `<id_prefix><request_id>` (the engine adds a suffix).
         span = engine_span(request_id, id_prefix + request_id)
         try:
-            request.request_id = request_id
+            request.request_id = id_prefix + request_id if prefixed else request_id
             with span.current():
                 result = await create(request, raw_request=None)
         except Exception as exc:  # vLLM raises for bad input as well as engine faults; its mapping tells which
@@ -177,7 +220,7 @@ class VLLMEngine:
         span.end()
         if isinstance(result, ErrorResponse):
             return EngineReply(result.error.code, result.model_dump())
-        return EngineReply(200, result.model_dump(mode="json"))
+        return json_reply(result)
 
     async def check_health(self) -> None:
         await self._client.check_health()  # notices a dead engine core only
@@ -278,6 +321,14 @@ def warn_unless_fate_shared() -> None:
     logger.warning("engine processes may outlive this replica if it is killed: %s", reason)
 
 
+@cache
+def _request_adapter(request_type: Any) -> Any:
+    """The validator of one of vLLM's request types; some are unions of models (TokenizeRequest)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(request_type)
+
+
 def _step_reporter(watch: StallWatch) -> type:
     """A vLLM stat logger that only tells `watch` of each engine step: vLLM calls `record` once per step."""
     from vllm.v1.metrics.loggers import StatLoggerBase
@@ -304,6 +355,8 @@ def engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
         "tensor_parallel_size": spec.tensor_parallel,
         "pipeline_parallel_size": spec.pipeline_parallel,
     }
+    if spec.task == "embed":
+        kwargs["runner"] = "pooling"  # vLLM's pooling runner; `convert` (default auto) adapts a generating model
     if spec.distributed_backend:
         kwargs["distributed_executor_backend"] = spec.distributed_backend
     if spec.expert_parallel:

@@ -12,6 +12,11 @@ from serve_app.liveness import StallWatch
 HANG_WORD = "please-hang-now"
 
 
+def fake_embedding(text: str) -> list[float]:
+    """The fake's vector of `text`: the same text, the same vector."""
+    return [float(len(text)), float(sum(map(ord, text)) % 97)]
+
+
 class FakeServingEngine:
     """Each answer is one engine step; once hung, no step ever finishes and every request waits forever."""
 
@@ -36,6 +41,32 @@ class FakeServingEngine:
 
     async def completions(self, body: dict[str, Any], request_id: str) -> EngineReply:
         return await self._reply(body, request_id, str(body.get("prompt", "")))
+
+    async def responses(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        reply = await self._reply(body, request_id, str(body.get("input", "")))
+        reply.body = {"id": f"resp_{request_id}", "object": "response", "model": body.get("model"),
+                      "status": "completed", "output": [{"type": "message", "role": "assistant", "content": [
+                          {"type": "output_text", "text": "ok"}]}],
+                      "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}}
+        return reply
+
+    async def embeddings(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        given = body.get("input")
+        texts = [str(text) for text in ([given] if isinstance(given, str) else given or [])]
+        reply = await self._reply(body, request_id, " ".join(texts))
+        reply.body = {"object": "list", "model": body.get("model"),
+                      "data": [{"object": "embedding", "index": i, "embedding": fake_embedding(text)}
+                               for i, text in enumerate(texts)],
+                      "usage": {"prompt_tokens": len(texts), "total_tokens": len(texts)}}
+        return reply
+
+    async def tokenize(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        """A token per word, its id the word's length."""
+        ids = [len(word) for word in str(body.get("prompt", "")).split()]
+        return EngineReply(200, {"tokens": ids, "count": len(ids), "max_model_len": self.max_model_len})
+
+    async def detokenize(self, body: dict[str, Any], request_id: str) -> EngineReply:
+        return EngineReply(200, {"prompt": " ".join("x" * int(n) for n in body.get("tokens", []))})
 
     async def _reply(self, body: dict[str, Any], request_id: str, text: str) -> EngineReply:
         self._in_flight += 1

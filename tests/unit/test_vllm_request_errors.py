@@ -22,7 +22,7 @@ class RecordingServing:
 
     async def create_completion(self, request: Any, raw_request: Any) -> Any:
         self.requests.append(request)
-        return SimpleNamespace(model_dump=lambda mode=None: {"object": "text_completion"})
+        return SimpleNamespace(model_dump=lambda **_: {"object": "text_completion"})
 
 
 @pytest.fixture
