@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from cluster.console import console, fail
+
+if TYPE_CHECKING:
+    from cluster.bench.runner import BenchPlan
 
 
 def _numbers(text: str, option: str) -> list[int]:
@@ -52,6 +56,7 @@ def bench(
     vLLM's own benchmark client (`vllm bench serve`) at each concurrency, REPEATS times, each run with its own
     prompts so the prefix cache is not what is measured. Writes results.json, results.md and a PNG per workload
     to OUT; runs/ and logs/ hold each run's raw result and every process's output."""
+    from cluster.bench.runner import make_plan
     from cluster.bench.servers import parse_systems
     from cluster.bench.workloads import standard_workloads
 
@@ -70,8 +75,8 @@ def bench(
     out.mkdir(parents=True, exist_ok=True)
     seed = int(time.time()) % 1_000_000 if seed is None else seed
     warmup = 2 * max(concurrencies) if warmup_prompts is None else warmup_prompts
-    _run(measured, served, tokenizer, [known[name] for name in chosen], concurrencies, repeats, seed, prompts,
-         warmup, out, engine_args)
+    _run(make_plan(measured, served, tokenizer, [known[name] for name in chosen], concurrencies, repeats, seed,
+                   prompts, warmup, out), engine_args)
 
 
 def _check_installed() -> None:
@@ -110,22 +115,29 @@ def _model_of(systems: list[Any], name: Optional[str]) -> tuple[str, str, dict[s
     return baseline.name, tokenizer, dict(baseline.engine)
 
 
-def _run(systems: list[Any], model: str, tokenizer: str, workloads: list[Any], concurrencies: list[int],
-         repeats: int, seed: int, prompts: Optional[int], warmup: int, out: Path, engine_args: dict) -> None:
+def _meta(plan: BenchPlan, engine_args: dict[str, Any]) -> dict[str, Any]:
+    """What the results record besides the figures: enough to know what ran where, and to run it again."""
     from cluster.bench.machine import machine
+
+    workloads = {run.workload.name: run.workload for run in plan.runs}
+    return {"date": datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine(),
+            "model": plan.model, "engine_args": engine_args, "vllm": _vllm_version(),
+            "systems": [s.label for s in plan.systems], "configs": {s.label: str(s.config) for s in plan.systems},
+            "workloads": {name: {"description": w.describe(), **vars(w)} for name, w in workloads.items()},
+            "concurrencies": list(dict.fromkeys(run.concurrency for run in plan.runs)),
+            "repeats": max(run.repeat for run in plan.runs), "seed": plan.seed,
+            "warmup_prompts": plan.warmup.prompts if plan.warmup else 0, "command": sys.argv[1:]}
+
+
+def _run(plan: BenchPlan, engine_args: dict[str, Any]) -> None:
     from cluster.bench.plots import write_plots
     from cluster.bench.report import Report
-    from cluster.bench.runner import Bench, make_plan
+    from cluster.bench.runner import Bench
     from cluster.bench.table import markdown
 
-    plan = make_plan(systems, model, tokenizer, workloads, concurrencies, repeats, seed, prompts, warmup, out)
-    meta = {"date": datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine(),
-            "model": model, "engine_args": engine_args, "vllm": _vllm_version(),
-            "systems": [s.label for s in systems], "configs": {s.label: str(s.config) for s in systems},
-            "workloads": {w.name: {"description": w.describe(), **vars(w)} for w in workloads},
-            "concurrencies": concurrencies, "repeats": repeats, "seed": seed, "warmup_prompts": warmup}
+    meta, out = _meta(plan, engine_args), plan.out
     bench = Bench(plan, Report(meta), console)
-    console.print(f"llmcluster bench: {', '.join(meta['systems'])} serving {model}, "
+    console.print(f"llmcluster bench: {', '.join(meta['systems'])} serving {plan.model}, "
                   f"{len(plan.runs)} runs each; results in {out}", soft_wrap=True)
     # SIGTERM as Ctrl-C: either way each server is stopped with its whole process tree before exiting.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -31,6 +31,7 @@ class BenchPlan:
     tokenizer: str  # where the client finds the model's tokenizer (the resolved model source)
     runs: list[Run]
     warmup: Run | None
+    seed: int  # the warm-up's; each run's is its own above it
     out: Path
 
 
@@ -38,7 +39,7 @@ def make_plan(systems: list[System], model: str, tokenizer: str, workloads: list
               repeats: int, seed: int, prompts: int | None, warmup_prompts: int, out: Path) -> BenchPlan:
     warmup = warmup_run(workloads, concurrencies, seed, warmup_prompts) if warmup_prompts else None
     return BenchPlan(systems, model, tokenizer, plan_runs(workloads, concurrencies, repeats, seed, prompts), warmup,
-                     out)
+                     seed, out)
 
 
 def run_client(server: Server, run: Run, plan: BenchPlan) -> dict[str, Any]:

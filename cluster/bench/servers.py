@@ -94,14 +94,16 @@ def start_server(system: System, model: str, folder: Path) -> Server:
     if system.kind is Kind.VLLM:
         command, env = vllm_serve_command(system.config, model, folder, port)
     else:
-        command = [sys.executable, "-m", "cluster.cli", "serve", str(system.config), "--port", str(port)]
-        env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # a Ray of its own
+        command, env = [sys.executable, "-m", "cluster.cli", "serve", str(system.config), "--port", str(port)], {}
+    # Each starts a Ray of its own when it needs one (vLLM's Ray executor too), never joins one running here.
+    env = {key: value for key, value in {**os.environ, **env}.items() if key != "RAY_ADDRESS"}
     return Server(system, Child(command, log, env=env), port)
 
 
 def vllm_serve_command(config: Path, model: str, folder: Path, port: int) -> tuple[list[str], dict[str, str]]:
-    """`vllm serve` with the engine arguments and CPU binding an llmcluster replica of `model` gives its
-    engine, written as a vLLM config file; run through the adapter, as the CPU build's `vllm` script is broken."""
+    """`vllm serve` with the engine arguments an llmcluster replica of `model` gives its engine, written as a vLLM
+    config file, and the environment it adds (CPU binding); run through the adapter, as the CPU build's `vllm`
+    script is broken."""
     from serve_app.config import load_config
     from serve_app.llm_server import engine_spec
     from serve_app.model_source import resolve_source
@@ -113,4 +115,4 @@ def vllm_serve_command(config: Path, model: str, folder: Path, port: int) -> tup
     options.write_text(yaml.safe_dump(serve_options(spec), sort_keys=False))
     command = [sys.executable, "-m", "serve_app.vllm_adapter", "serve", "--config", str(options),
                "--host", HOST, "--port", str(port)]
-    return command, {**os.environ, **cpu_binding_env(spec)}
+    return command, cpu_binding_env(spec)
