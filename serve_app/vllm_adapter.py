@@ -370,8 +370,10 @@ def engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
 
 
 def serve_options(spec: EngineSpec) -> dict[str, Any]:
-    """The engine of `spec` as a `vllm serve --config` file holds it: the arguments a replica gives its engine."""
-    return {name.replace("_", "-"): value for name, value in engine_kwargs(spec).items() if value is not None}
+    """The engine of `spec` as a `vllm serve --config` file holds it: the engine and OpenAI-layer arguments a
+    replica gives its engine."""
+    options = engine_kwargs(spec) | spec.frontend_args
+    return {name.replace("_", "-"): value for name, value in options.items() if value is not None}
 
 
 def vllm_cli() -> None:

@@ -70,12 +70,12 @@ def cpu_tensor_parallel_model() -> ModelConfig:
     return ModelConfig.model_validate({
         "name": "tiny", "aliases": ["t"], "source": "/models/tiny", "parallelism": {"tensor": 2},
         "engine": {"dtype": "float32", "enforce_eager": False, "max_num_seqs": 8, "compilation_config": {"mode": 0}},
-        "resources": {"device": "cpu"}})
+        "frontend": {"chat_template_content_format": "openai"}, "resources": {"device": "cpu"}})
 
 
 @pytest.mark.parametrize("model", [load_config(REPO_ROOT / "configs" / "local.yaml").models[0],
                                    cpu_tensor_parallel_model()], ids=["local", "cpu-tp2"])
-def test_raw_vllm_serve_gets_the_engine_arguments_a_replica_gives_its_engine(model: ModelConfig,
+def test_raw_vllm_serve_gets_the_engine_and_frontend_arguments_a_replica_gives_its_engine(model: ModelConfig,
                                                                              tmp_path: Path) -> None:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
@@ -88,6 +88,7 @@ def test_raw_vllm_serve_gets_the_engine_arguments_a_replica_gives_its_engine(mod
     served = AsyncEngineArgs.from_cli_args(parsed)
     for name, value in engine_kwargs(spec).items():
         assert same(getattr(served, name), value), name
+    assert spec.frontend_args and all(getattr(parsed, name) == value for name, value in spec.frontend_args.items())
 
 
 def same(parsed: object, given: object) -> bool:
