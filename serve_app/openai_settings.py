@@ -8,8 +8,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-# What a model does: generate (chat, completions, responses) or embed (vLLM's pooling runner).
-TASKS = ("generate", "embed")
 # The OpenAI-layer settings (vLLM FrontendArgs names) a model may set, and vLLM's tool-call parser names. Kept as
 # text beside this module, as vllm_engine_args.txt is: a config is checked without importing vLLM, and a test
 # compares both lists with the installed vLLM.

@@ -24,8 +24,21 @@ CLI = str(Path(sys.executable).parent / "llmcluster")
 # Cold start on 2 cores: Ray (~10 s), a first-time GGUF conversion (~40 s), the engine (~40 s).
 START_TIMEOUT_S = 420
 STOP_TIMEOUT_S = 90
+# The session stack serves an embedding model beside the demo chat model: the demo weights on vLLM's pooling
+# runner (last-token pooling), told they are Matryoshka-trained so that `dimensions` can be checked too.
+EMBED_MODEL = "smollm2-embed"
+EMBED_MODEL_CONFIG = {
+    "name": EMBED_MODEL, "source": "builtin:smollm2-135m-instruct", "task": "embed",
+    "engine": {"dtype": "float32", "max_model_len": 2048, "enforce_eager": True,
+               "kv_cache_memory_bytes": 128 * 1024**2, "hf_overrides": {"is_matryoshka": True}},
+    # Half a core: with the demo model's one and the router's quarter, it fits a 2-core machine.
+    "resources": {"device": "cpu", "cpus_per_worker": 0.5},
+    "autoscaling": {"min_replicas": 1, "max_replicas": 1}}
 # Serve's exporters send their batch every second instead of every 5 s: a test waits less for its spans.
 QUICK_EXPORT_ENV = {"OTEL_BSP_SCHEDULE_DELAY": "1000"}
+# Ray's driver merges log lines of one pattern that come from several processes (two engines both log
+# "Added request <id>") into "[repeated Nx]": the tests that look for one request's lines need every line.
+EVERY_LOG_LINE_ENV = {"RAY_DEDUP_LOGS": "0"}
 
 
 @dataclass(frozen=True)
@@ -96,10 +109,11 @@ def timed_cli_status(*extra: str, server: Server | None = None) -> tuple[dict, f
     return json.loads(result.stdout), seconds
 
 
-def traced_config(config: Path, collector: OtlpCollector, folder: Path) -> Path:
-    """A copy of `config` in `folder` whose requests are traced to `collector`."""
+def traced_config(config: Path, collector: OtlpCollector, folder: Path, *extra_models: dict) -> Path:
+    """A copy of `config` in `folder` whose requests are traced to `collector`, serving `extra_models` too."""
     data = yaml.safe_load(config.read_text())
     data.setdefault("router", {})["tracing"] = {"otlp_endpoint": collector.endpoint}
+    data["models"].extend(extra_models)
     traced = folder / config.name
     traced.write_text(yaml.safe_dump(data))
     return traced
@@ -116,11 +130,12 @@ def collector() -> Iterator[OtlpCollector]:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, collector: OtlpCollector) -> Iterator[Server]:
-    """The demo config as shipped, with tracing on: every request of the tests on it is traced as well."""
+    """The demo config as shipped plus the embedding model, with tracing on: every request of the tests on it is
+    traced as well."""
     folder = tmp_path_factory.mktemp("serve")
-    config = traced_config(REPO_ROOT / "configs" / "local.yaml", collector, folder)
+    config = traced_config(REPO_ROOT / "configs" / "local.yaml", collector, folder, EMBED_MODEL_CONFIG)
     started = time.monotonic()
-    running = start_server(config, folder / "serve.log", extra_env=QUICK_EXPORT_ENV)
+    running = start_server(config, folder / "serve.log", extra_env=QUICK_EXPORT_ENV | EVERY_LOG_LINE_ENV)
     print(f"\nllmcluster serve ready in {time.monotonic() - started:.0f}s on port {running.port}")
     yield running
     assert stop_server(running) == 0, running.log_tail()

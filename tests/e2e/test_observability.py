@@ -74,8 +74,8 @@ def test_status_comes_from_the_router_in_seconds(server: Server) -> None:
         status, seconds = timed_cli_status(server=server)
         timings.append(seconds)
     assert status["source"] == "router" and status["ready"]
-    (model,) = status["models"]
-    assert model["name"] == "smollm2" and model["running"] == 1 and model["in_flight"] is not None
+    (model,) = [model for model in status["models"] if model["name"] == "smollm2"]
+    assert model["running"] == 1 and model["in_flight"] is not None
     assert status["nodes"] and all(node["alive"] for node in status["nodes"])
     print(f"\nllmcluster status via the router, idle stack: {', '.join(f'{t:.2f}s' for t in timings)}")
     assert max(timings) < 10
